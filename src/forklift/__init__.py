@@ -1,0 +1,55 @@
+"""forklift: a drop-in, Airflow-compatible LocalExecutor.
+
+Set ``[core] executor = forklift.LocalExecutor`` and the scheduler runs its tasks through it.
+
+Data flow (LimitedParallelism, ``[forklift] parallelism = N``)::
+
+    scheduler loop (one thread)              Manager process        worker processes (forked at start)
+    ─────────────────────────────            ───────────────        ──────────────────────────────────
+    heartbeat()
+      trigger_tasks(open slots)
+        LocalExecutor._process_workloads ─┐
+          running.add(key)   (slot held)  │  airflow_compat.workload_to_job
+          strategy.submit(Job)            │
+            pending heap (by priority) ───┼──► task_queue ───────► QueuedLocalWorker × N
+            fed only while a worker is free                           │ runners.run_job(job)
+                                                                      │   fork: os.fork() → task process
+                                                                      │   subprocess: fresh interpreter,
+                                                                      │     workload JSON on stdin
+                                                                      │ (own process group per task)
+      sync()                                                          ▼
+        strategy.poll() ◄─── result_queue ◄── Result(key, RUNNING, task_pid)
+          reads without blocking          ◄── Result(key, SUCCESS | FAILED, reason)
+          dead worker? → FAILED + replacement
+        success()/fail()/change_state()  → event buffer → scheduler (slot released)
+
+    end(): pending withdrawn → poison pill per worker → wait ≤ shutdown_timeout
+           → terminate(): TERM, then KILL, each task's process group and worker → Manager shutdown
+
+UnlimitedParallelism (``parallelism = 0``) is the same, but ``submit`` forks one ``LocalWorker`` per
+job at once, which runs that job, reports, and exits; there is no task queue.
+
+Modules: ``settings`` (configuration rules), ``jobs`` (Job/Result), ``runners`` (fork/subprocess),
+``workers``, ``strategies`` (the engine; no Airflow import), ``airflow_compat`` (the one place Airflow
+versions differ), ``executor`` (the adapter).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = ["LocalExecutor", "__version__"]
+
+if TYPE_CHECKING:
+    from forklift.executor import LocalExecutor
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use, so the engine (and its tests) work without Airflow installed.
+    if name == "LocalExecutor":
+        from forklift.executor import LocalExecutor
+
+        return LocalExecutor
+    raise AttributeError(f"module 'forklift' has no attribute {name!r}")

@@ -1,0 +1,139 @@
+"""``forklift.LocalExecutor``: the thin adapter between Airflow's scheduler and the engine.
+
+The scheduler calls ``heartbeat()`` → ``trigger_tasks()`` → :meth:`LocalExecutor._process_workloads`
+(the only place work is dispatched, after the scheduler has committed the QUEUED state), then
+``sync()``, which reads the engine's results without blocking and turns them into executor events.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Hashable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from airflow.executors.base_executor import BaseExecutor
+
+from forklift import airflow_compat as compat
+from forklift.jobs import FAILED, RUNNING, SUCCESS, Result
+from forklift.settings import Settings, load_settings
+from forklift.strategies import _Strategy, make_strategy
+
+if TYPE_CHECKING:
+    from airflow.executors.workloads import ExecutorWorkload
+
+log = logging.getLogger(__name__)
+
+
+class LocalExecutor(BaseExecutor):
+    """Runs Airflow tasks in local processes.
+
+    ``[forklift] parallelism`` (falling back to ``[core] parallelism``): ``0`` starts one
+    ``LocalWorker`` process per task (``UnlimitedParallelism``); ``N > 0`` starts exactly N
+    ``QueuedLocalWorker`` processes fed from a task queue (``LimitedParallelism``).
+    ``[forklift] run_mode``: ``fork`` (default) or ``subprocess``; unset, it follows
+    ``[core] execute_tasks_new_python_interpreter``.
+    """
+
+    is_local: bool = True
+    serve_logs: bool = True
+    supports_callbacks: bool = True
+    supports_connection_test: bool = True
+    supports_multi_team: bool = True
+    supports_pickling: bool = False  # read by Airflow 2's scheduler
+
+    def __init__(self, parallelism: int | None = None, *args: Any, **kwargs: Any) -> None:
+        team_name = kwargs.get("team_name")
+        lookup = compat.config_lookup(team_name)
+        self.settings: Settings = load_settings(lookup, parallelism=parallelism)
+        super().__init__(compat.base_parallelism(self.settings.parallelism, lookup), *args, **kwargs)
+        self.impl: _Strategy | None = None
+        # What to report for each dispatched key: the workload's own success/failure states.
+        self._outcome_states: dict[Hashable, tuple[Any, Any]] = {}
+        self._server: str = ""
+
+    def __repr__(self) -> str:
+        return (
+            f"forklift.LocalExecutor(parallelism={self.settings.parallelism}, "
+            f"strategy={self.settings.strategy_name}, run_mode={self.settings.run_mode.value})"
+        )
+
+    @property
+    def result_queue(self) -> Any:
+        """The ``multiprocessing.Manager()`` queue workers report on (None when not started)."""
+        return self.impl.result_queue if self.impl is not None else None
+
+    def start(self) -> None:
+        self._server = compat.execution_api_url(self.conf)
+        self.impl = make_strategy(self.settings.parallelism, kill_grace=self.settings.kill_grace)
+        self.impl.start()
+        self.log.info(
+            "forklift started: %s, parallelism %d, run mode %s",
+            self.settings.strategy_name,
+            self.settings.parallelism,
+            self.settings.run_mode.value,
+        )
+
+    # -- dispatch (Airflow 3) --------------------------------------------------------------
+    def _process_workloads(self, workloads: Sequence[ExecutorWorkload]) -> None:
+        impl = self._require_started()
+        for workload in workloads:
+            key = workload.key
+            self.queued_tasks.pop(key, None) or self.queued_callbacks.pop(key, None) or self.queued_connection_tests.pop(  # type: ignore[call-overload]
+                key, None
+            )
+            self._outcome_states[key] = (workload.success_state, workload.failure_state)
+            # The slot stays taken until the result is read: this is the scheduler's backpressure.
+            self.running.add(key)
+            try:
+                job = compat.workload_to_job(workload, mode=self.settings.run_mode, server=self._server)
+                impl.submit(job)
+            except Exception as exc:
+                self.log.exception("forklift could not dispatch %s", key)
+                self._report(Result(key, FAILED, f"forklift could not dispatch it: {type(exc).__name__}: {exc}"))
+
+    # -- results ---------------------------------------------------------------------------
+    def sync(self) -> None:
+        if self.impl is None:
+            return
+        for result in self.impl.poll():
+            self._report(result)
+
+    def _report(self, result: Result) -> None:
+        if result.state == RUNNING:
+            return
+        success_state, failure_state = self._outcome_states.pop(result.key, (None, None))
+        if result.state == SUCCESS:
+            if success_state is None:
+                self.success(result.key)
+            else:
+                self.change_state(result.key, success_state)
+        else:
+            self.log.error("forklift: %s failed: %s", result.key, result.info)
+            if failure_state is None:
+                self.fail(result.key, info=result.info)
+            else:
+                self.change_state(result.key, failure_state, info=result.info)
+
+    # -- shutdown --------------------------------------------------------------------------
+    def end(self) -> None:
+        if self.impl is None:
+            return
+        self.log.info(
+            "Shutting down forklift; waiting up to %.0f s ([forklift] shutdown_timeout) for running tasks.",
+            self.settings.shutdown_timeout,
+        )
+        impl, self.impl = self.impl, None
+        for result in impl.end(self.settings.shutdown_timeout):
+            self._report(result)
+
+    def terminate(self) -> None:
+        if self.impl is None:
+            return
+        impl, self.impl = self.impl, None
+        for result in impl.terminate():
+            self._report(result)
+
+    def _require_started(self) -> _Strategy:
+        if self.impl is None:
+            raise RuntimeError("forklift.LocalExecutor was not started; call start() first.")
+        return self.impl

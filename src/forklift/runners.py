@@ -1,0 +1,120 @@
+"""Run one job inside a worker: by fork or in a fresh interpreter.
+
+Either way the task gets a process of its own that leads its own process group, so the
+executor can stop the task and everything it started with one ``killpg``, and a crash of the
+task cannot take the worker down. The worker waits for that process and turns its exit status
+into SUCCESS or FAILED with a reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+
+from forklift.jobs import FAILED, SUCCESS, Command, ForkCall, Job, describe_exit
+from forklift.proctitle import set_title
+
+log = logging.getLogger(__name__)
+
+#: Called with the pid of the task's process as soon as it exists.
+OnStarted = Callable[[int], None]
+
+# Signals a worker changes for itself; a task must start with Python's defaults.
+_RESET_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2, signal.SIGCHLD)
+
+
+def run_job(job: Job, on_started: OnStarted) -> tuple[str, str]:
+    """Run ``job`` to completion; return ``(state, reason)``."""
+    if isinstance(job.runnable, ForkCall):
+        status = _run_forked(job, job.runnable, on_started)
+    elif isinstance(job.runnable, Command):
+        try:
+            status = _run_subprocess(job, job.runnable, on_started)
+        except OSError as exc:  # e.g. the executable is missing: a FAILED task, never a dead worker
+            return FAILED, f"could not start {job.runnable.argv[0]!r}: {exc.strerror or exc}"
+    else:
+        return FAILED, f"unknown runnable {type(job.runnable).__name__}; expected ForkCall or Command"
+    if status == 0:
+        return SUCCESS, describe_exit(status)
+    return FAILED, describe_exit(status)
+
+
+def _run_forked(job: Job, call: ForkCall, on_started: OnStarted) -> int:
+    pid = os.fork()
+    if pid == 0:  # the task's process
+        code = 1
+        try:
+            _become_task_process(job)
+            code = int(call.func(*call.args) or 0)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except BaseException:
+            log.exception("Task %s raised", job.title or job.key)
+            code = 1
+        finally:
+            # Flush what the task wrote, then leave without running the worker's atexit/finalizers,
+            # which belong to the worker (and would e.g. close the Manager connection it shares).
+            try:
+                logging.shutdown()
+                sys.stdout.flush()
+                sys.stderr.flush()
+            finally:
+                os._exit(code)
+    on_started(pid)
+    _, wait_status = _waitpid_retrying(pid)
+    return os.waitstatus_to_exitcode(wait_status)
+
+
+def _become_task_process(job: Job) -> None:
+    """After-fork hygiene in the task's child.
+
+    The DB engine pool is already disposed with ``close=False`` by Airflow's own
+    ``register_at_fork`` hook (closing would break the parent's connections).
+    """
+    os.setpgid(0, 0)
+    _reset_signals()
+    os.environ.update(job.env)
+    set_title(f"airflow task -- forklift: {job.title}")
+
+
+def _reset_signals() -> None:
+    for sig in _RESET_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
+
+
+def _run_subprocess(job: Job, command: Command, on_started: OnStarted) -> int:
+    env = {**os.environ, **job.env}
+    proc = subprocess.Popen(
+        list(command.argv),
+        stdin=subprocess.PIPE if command.secret_input is not None else subprocess.DEVNULL,
+        close_fds=True,
+        start_new_session=True,  # its own process group, and no terminal's Ctrl-C
+        env=env,
+        # An ignored signal stays ignored across exec: undo what the worker set for itself.
+        # (Safe here: a worker has no threads.)
+        preexec_fn=_reset_signals,
+    )
+    on_started(proc.pid)
+    if command.secret_input is not None and proc.stdin is not None:
+        try:
+            proc.stdin.write(command.secret_input)
+        except BrokenPipeError:
+            pass  # it exited before reading; its exit status says why
+        finally:
+            try:
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass
+    return proc.wait()
+
+
+def _waitpid_retrying(pid: int) -> tuple[int, int]:
+    while True:
+        try:
+            return os.waitpid(pid, 0)
+        except InterruptedError:  # pragma: no cover - PEP 475 retries for us; kept for clarity
+            continue

@@ -1,0 +1,155 @@
+"""forklift's own settings, parsed and validated in one place.
+
+Everything here is pure: a ``lookup(section, key) -> str | None`` function is the only way
+in, so the rules can be tested without Airflow and the Airflow adapter stays thin. Every
+refusal names the setting, the value and what to do, because the scheduler prints only the
+exception's message when it refuses to start.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+Lookup = Callable[[str, str], "str | None"]
+
+SECTION = "forklift"
+
+
+class ConfigError(ValueError):
+    """A forklift setting has a value forklift cannot use."""
+
+
+class RunMode(str, enum.Enum):
+    """How a worker runs one task."""
+
+    FORK = "fork"  # fork a child of the warm worker: fast, shares the loaded code
+    SUBPROCESS = "subprocess"  # a fresh interpreter: slower, picks up code changes
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What forklift needs from configuration, already validated."""
+
+    parallelism: int
+    run_mode: RunMode = RunMode.FORK
+    #: How long ``end()`` waits for running tasks before stopping them.
+    shutdown_timeout: float = 30.0
+    #: How long a stopped task gets between SIGTERM and SIGKILL.
+    kill_grace: float = 5.0
+
+    @property
+    def unlimited(self) -> bool:
+        return self.parallelism == 0
+
+    @property
+    def strategy_name(self) -> str:
+        return "UnlimitedParallelism" if self.unlimited else "LimitedParallelism"
+
+
+def _describe(section: str, key: str) -> str:
+    env = f"AIRFLOW__{section.upper()}__{key.upper()}"
+    return f"[{section}] {key} (env {env})"
+
+
+def parse_int(raw: str | None, *, section: str, key: str, minimum: int, maximum: int) -> int:
+    text = (raw or "").strip()
+    where = _describe(section, key)
+    if not text:
+        raise ConfigError(f"{where} is empty; set it to a whole number from {minimum} to {maximum}.")
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(
+            f"{where} = {raw!r} is not a whole number; set it to a whole number from {minimum} to {maximum}."
+        ) from None
+    if not minimum <= value <= maximum:
+        raise ConfigError(f"{where} = {value} is out of range; set it to a whole number from {minimum} to {maximum}.")
+    return value
+
+
+def parse_seconds(raw: str | None, *, section: str, key: str, maximum: float) -> float:
+    text = (raw or "").strip()
+    where = _describe(section, key)
+    if not text:
+        raise ConfigError(f"{where} is empty; set it to a number of seconds from 0 to {maximum:g}.")
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{where} = {raw!r} is not a number of seconds; use a number from 0 to {maximum:g}.") from None
+    if not math.isfinite(value) or not 0 <= value <= maximum:
+        raise ConfigError(f"{where} = {raw!r} is out of range; use a number of seconds from 0 to {maximum:g}.")
+    return value
+
+
+_TRUE = {"true", "t", "1", "yes", "y", "on"}
+_FALSE = {"false", "f", "0", "no", "n", "off"}
+
+
+def parse_run_mode(raw_mode: str | None, raw_new_interpreter: str | None) -> RunMode:
+    """``[forklift] run_mode`` wins; unset, it follows ``[core] execute_tasks_new_python_interpreter``."""
+    if raw_mode is not None and raw_mode.strip():
+        text = raw_mode.strip().lower()
+        try:
+            return RunMode(text)
+        except ValueError:
+            raise ConfigError(
+                f"{_describe(SECTION, 'run_mode')} = {raw_mode!r} is not a run mode; use 'fork' or 'subprocess' "
+                "(or leave it unset to follow [core] execute_tasks_new_python_interpreter)."
+            ) from None
+    if raw_new_interpreter is None or not raw_new_interpreter.strip():
+        return RunMode.FORK
+    text = raw_new_interpreter.strip().lower()
+    if text in _TRUE:
+        return RunMode.SUBPROCESS
+    if text in _FALSE:
+        return RunMode.FORK
+    raise ConfigError(
+        f"{_describe('core', 'execute_tasks_new_python_interpreter')} = {raw_new_interpreter!r} is not a boolean; "
+        "use True or False."
+    )
+
+
+#: Beyond this a typo is likelier than a plan: each worker is a process of its own.
+MAX_PARALLELISM = 10_000
+#: A day: anything longer is a mistake, and waiting forever is what forklift exists to avoid.
+MAX_SECONDS = 86_400.0
+
+
+def load_settings(lookup: Lookup, *, parallelism: int | None = None) -> Settings:
+    """Read and validate forklift's settings.
+
+    ``parallelism`` given by the caller (tests, embedding code) wins over configuration.
+    Otherwise ``[forklift] parallelism`` is read, falling back to ``[core] parallelism``;
+    forklift needs its own key because Airflow 3 refuses ``[core] parallelism = 0``.
+    """
+    if parallelism is None:
+        raw = lookup(SECTION, "parallelism")
+        section = SECTION
+        if raw is None:
+            raw, section = lookup("core", "parallelism"), "core"
+        if raw is None:
+            raw = "32"  # Airflow's own default for [core] parallelism
+        parallelism = parse_int(raw, section=section, key="parallelism", minimum=0, maximum=MAX_PARALLELISM)
+    elif isinstance(parallelism, bool) or not isinstance(parallelism, int) or not 0 <= parallelism <= MAX_PARALLELISM:
+        raise ConfigError(
+            f"parallelism={parallelism!r} is invalid; pass a whole number from 0 (one process per task) "
+            f"to {MAX_PARALLELISM}."
+        )
+
+    run_mode = parse_run_mode(lookup(SECTION, "run_mode"), lookup("core", "execute_tasks_new_python_interpreter"))
+
+    def seconds(key: str, default: float) -> float:
+        raw = lookup(SECTION, key)
+        if raw is None:
+            return default
+        return parse_seconds(raw, section=SECTION, key=key, maximum=MAX_SECONDS)
+
+    return Settings(
+        parallelism=parallelism,
+        run_mode=run_mode,
+        shutdown_timeout=seconds("shutdown_timeout", Settings.shutdown_timeout),
+        kill_grace=seconds("kill_grace", Settings.kill_grace),
+    )

@@ -1,0 +1,336 @@
+"""A real Airflow deployment on this machine, for tests and the demo.
+
+:class:`AirflowStack` runs ``airflow db migrate``, then ``api-server`` and ``dag-processor``
+(Airflow 3), and one ``scheduler`` at a time, each as a process group of its own in an
+isolated ``AIRFLOW_HOME`` on free loopback ports. It stops exactly the process groups it
+started, and checks that nothing it started is left.
+
+It talks to Airflow the way an operator does (the ``airflow`` CLI), and reads results
+straight from the metadata DB.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+#: Terminal DAG-run states.
+FINISHED = {"success", "failed"}
+
+
+class StackError(RuntimeError):
+    """An Airflow component failed to start or to do what was asked; the message has its log tail."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class TaskRow:
+    task_id: str
+    state: str | None
+    queued: datetime | None
+    start: datetime | None
+    end: datetime | None
+    map_index: int = -1
+
+    @property
+    def queued_to_start(self) -> float | None:
+        if self.queued and self.start:
+            return (self.start - self.queued).total_seconds()
+        return None
+
+    @property
+    def duration(self) -> float | None:
+        if self.start and self.end:
+            return (self.end - self.start).total_seconds()
+        return None
+
+
+@dataclass
+class _Component:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+
+class AirflowStack:
+    """One isolated Airflow deployment. Use as a context manager, or call :meth:`stop`."""
+
+    def __init__(
+        self,
+        home: Path,
+        dags_folder: Path,
+        *,
+        sql_alchemy_conn: str | None = None,
+        env: Mapping[str, str] | None = None,
+        python: str = sys.executable,
+    ) -> None:
+        self.home = Path(home)
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.dags_folder = Path(dags_folder)
+        self.python = python
+        self.api_port = free_port()
+        self.sql_alchemy_conn = sql_alchemy_conn or f"sqlite:///{self.home / 'airflow.db'}"
+        self.log_dir = self.home / "component-logs"
+        self.log_dir.mkdir(exist_ok=True)
+        base_url = f"http://127.0.0.1:{self.api_port}"
+        self.env: dict[str, str] = {
+            k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__") and k != "AIRFLOW_HOME"
+        }
+        self.env.update(
+            {
+                "AIRFLOW_HOME": str(self.home),
+                "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
+                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+                "AIRFLOW__CORE__EXECUTOR": "forklift.LocalExecutor",
+                "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.sql_alchemy_conn,
+                "AIRFLOW__API__BASE_URL": base_url,
+                "AIRFLOW__API__PORT": str(self.api_port),
+                "AIRFLOW__API__HOST": "127.0.0.1",
+                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{base_url}/execution/",
+                # Every component must sign and check task tokens with the same secret.
+                "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
+                "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(32),
+                "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+                "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+                "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        if env:
+            self.env.update(env)
+        self._components: dict[str, _Component] = {}
+        self._started_pids: set[int] = set()
+
+    # -- running the airflow CLI ---------------------------------------------------------------
+    def airflow(self, *args: str, timeout: float = 180, env: Mapping[str, str] | None = None) -> str:
+        """Run ``airflow ARGS`` in this deployment and return its stdout; raise with output on failure."""
+        proc = subprocess.run(
+            [self.python, "-m", "airflow", *args],
+            env={**self.env, **(env or {})},
+            cwd=self.home,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+        if proc.returncode != 0:
+            raise StackError(
+                f"`airflow {' '.join(args)}` exited with {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+            )
+        return proc.stdout
+
+    def migrate(self) -> None:
+        self.airflow("db", "migrate", timeout=600)
+
+    # -- components ----------------------------------------------------------------------------
+    def start_component(self, name: str, *args: str, env: Mapping[str, str] | None = None) -> None:
+        if name in self._components:
+            raise StackError(f"{name} is already running (pid {self._components[name].proc.pid})")
+        log_path = self.log_dir / f"{name}.log"
+        log_file = open(log_path, "ab")  # noqa: SIM115 - closed when the component stops
+        proc = subprocess.Popen(
+            [self.python, "-m", "airflow", *args],
+            env={**self.env, **(env or {})},
+            cwd=self.home,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # a process group of its own: stopped as a whole, and only it
+        )
+        log_file.close()
+        self._components[name] = _Component(name, proc, log_path)
+        self._started_pids.add(proc.pid)
+
+    def start_services(self) -> None:
+        """api-server and dag-processor; wait until the API answers."""
+        self.start_component("api-server", "api-server", "--port", str(self.api_port), "--host", "127.0.0.1")
+        self.start_component("dag-processor", "dag-processor")
+        self.wait_for_http(f"http://127.0.0.1:{self.api_port}/api/v2/monitor/health", component="api-server")
+
+    def start_scheduler(self, env: Mapping[str, str] | None = None) -> None:
+        self.start_component("scheduler", "scheduler", env=env)
+
+    def stop_component(self, name: str, timeout: float = 60) -> int | None:
+        """SIGTERM the component's process group, wait, then SIGKILL what is left. Returns its exit code."""
+        comp = self._components.pop(name, None)
+        if comp is None:
+            return None
+        pgid = comp.proc.pid
+        members = _group_members(pgid)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGTERM)
+        try:
+            code = comp.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+            code = comp.proc.wait(timeout=30)
+        # The leader is gone; anything of its group still alive is killed too.
+        _, alive = psutil.wait_procs([p for p in members if p.is_running()], timeout=10)
+        for p in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        return code
+
+    def stop(self) -> None:
+        for name in ("scheduler", *[n for n in self._components if n != "scheduler"]):
+            self.stop_component(name)
+
+    def __enter__(self) -> AirflowStack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def is_running(self, name: str) -> bool:
+        comp = self._components.get(name)
+        return comp is not None and comp.proc.poll() is None
+
+    def log_tail(self, name: str, chars: int = 4000) -> str:
+        path = self.log_dir / f"{name}.log"
+        if not path.exists():
+            return ""
+        return path.read_text(errors="replace")[-chars:]
+
+    def wait_for_http(self, url: str, *, component: str, timeout: float = 120) -> None:
+        import urllib.error
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.is_running(component):
+                raise StackError(f"{component} exited while starting:\n{self.log_tail(component)}")
+            try:
+                with urllib.request.urlopen(url, timeout=2):
+                    return
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.5)
+        raise StackError(f"{component} did not answer {url} within {timeout:.0f} s:\n{self.log_tail(component)}")
+
+    # -- DAGs and runs -------------------------------------------------------------------------
+    def db(self) -> Any:
+        import sqlalchemy
+
+        return sqlalchemy.create_engine(self.sql_alchemy_conn)
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[Any]:
+        engine = self.db()
+        try:
+            with engine.connect() as conn:
+                yield conn
+        finally:
+            engine.dispose()
+
+    def _query(self, sql: str, **params: Any) -> list[Any]:
+        import sqlalchemy
+
+        with self._connection() as conn:
+            return list(conn.execute(sqlalchemy.text(sql), params))
+
+    def wait_for_dag(self, dag_id: str, timeout: float = 180) -> None:
+        """Wait until the dag-processor has serialized ``dag_id``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):  # table may not be there yet on a fresh DB
+                if self._query("SELECT 1 FROM serialized_dag WHERE dag_id = :d", d=dag_id):
+                    return
+            if "dag-processor" in self._components and not self.is_running("dag-processor"):
+                raise StackError(f"dag-processor exited:\n{self.log_tail('dag-processor')}")
+            time.sleep(0.5)
+        raise StackError(f"DAG {dag_id!r} was not parsed within {timeout:.0f} s:\n{self.log_tail('dag-processor')}")
+
+    def trigger(self, dag_id: str, run_id: str, conf: Mapping[str, Any] | None = None) -> None:
+        args = ["dags", "trigger", dag_id, "--run-id", run_id]
+        if conf:
+            args += ["--conf", json.dumps(conf)]
+        self.airflow(*args)
+
+    def dag_run_state(self, dag_id: str, run_id: str) -> str | None:
+        rows = self._query("SELECT state FROM dag_run WHERE dag_id = :d AND run_id = :r", d=dag_id, r=run_id)
+        return rows[0][0] if rows else None
+
+    def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 300) -> str:
+        """Poll the metadata DB until the run finishes; raise with the scheduler's log if it does not."""
+        deadline = time.monotonic() + timeout
+        state = None
+        while time.monotonic() < deadline:
+            state = self.dag_run_state(dag_id, run_id)
+            if state in FINISHED:
+                return state
+            if "scheduler" in self._components and not self.is_running("scheduler"):
+                raise StackError(f"scheduler exited while {run_id} was {state}:\n{self.log_tail('scheduler')}")
+            time.sleep(0.5)
+        rows = self.task_instances(dag_id, run_id)
+        summary = ", ".join(f"{r.task_id}={r.state}" for r in rows)
+        raise StackError(
+            f"run {run_id} of {dag_id} still {state} after {timeout:.0f} s ({summary}):\n{self.log_tail('scheduler')}"
+        )
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[TaskRow]:
+        rows = self._query(
+            "SELECT task_id, state, queued_dttm, start_date, end_date, map_index FROM task_instance "
+            "WHERE dag_id = :d AND run_id = :r ORDER BY task_id, map_index",
+            d=dag_id,
+            r=run_id,
+        )
+        return [
+            TaskRow(r[0], r[1], _as_datetime(r[2]), _as_datetime(r[3]), _as_datetime(r[4]), int(r[5])) for r in rows
+        ]
+
+    def dag_run_times(self, dag_id: str, run_id: str) -> tuple[datetime | None, datetime | None]:
+        rows = self._query("SELECT start_date, end_date FROM dag_run WHERE dag_id = :d AND run_id = :r", d=dag_id, r=run_id)
+        if not rows:
+            return None, None
+        return _as_datetime(rows[0][0]), _as_datetime(rows[0][1])
+
+    # -- leak check ----------------------------------------------------------------------------
+    def leftover_processes(self) -> list[psutil.Process]:
+        """Processes still alive whose environment names this stack's AIRFLOW_HOME."""
+        marker = str(self.home)
+        left = []
+        for proc in psutil.process_iter(["pid"]):
+            if proc.pid == os.getpid():
+                continue
+            with contextlib.suppress(psutil.Error):
+                if proc.environ().get("AIRFLOW_HOME") == marker and proc.status() != psutil.STATUS_ZOMBIE:
+                    left.append(proc)
+        return left
+
+
+def _group_members(pgid: int) -> list[psutil.Process]:
+    members = []
+    for proc in psutil.process_iter(["pid"]):
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            if os.getpgid(proc.pid) == pgid:
+                members.append(proc)
+    return members
+
+
+def _as_datetime(value: Any) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    # SQLite hands back text.
+    text = str(value).replace("Z", "+00:00")
+    return datetime.fromisoformat(text)

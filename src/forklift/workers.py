@@ -1,0 +1,100 @@
+"""Worker processes: ``LocalWorker`` (one job, then gone) and ``QueuedLocalWorker`` (many jobs).
+
+Workers are forked from the executor's process so they start warm (Airflow already imported).
+A worker never runs a task in its own process: it hands each job to :func:`forklift.runners.run_job`,
+which gives the task a process (and process group) of its own, and reports on the result queue
+
+    Result(key, RUNNING, task_pid, worker_pid)   as soon as the task's process exists
+    Result(key, SUCCESS | FAILED, reason, worker_pid)   when it has ended
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+from typing import Any
+
+from forklift.jobs import FAILED, RUNNING, Job, Result
+from forklift.proctitle import set_title
+from forklift.runners import run_job
+
+log = logging.getLogger(__name__)
+
+# Workers are always forked: a warm copy of the executor's process is what makes dispatch cheap,
+# whatever Airflow's [core] mp_start_method says (that setting governs Airflow's own processes).
+_FORK = multiprocessing.get_context("fork")
+
+TITLE_PREFIX = "airflow worker -- forklift"
+
+
+class ResultChannelClosed(Exception):
+    """The result queue's server is gone; the worker cannot report, so it stops."""
+
+
+class _Worker(_FORK.Process):  # type: ignore[name-defined,misc]
+    def __init__(self, result_queue: Any, *, name: str | None = None) -> None:
+        super().__init__(name=name, daemon=True)
+        self.result_queue = result_queue
+
+    def run(self) -> None:
+        # Ctrl-C in a terminal reaches the whole foreground process group; the scheduler decides
+        # how its executor shuts down, so a worker must not die of it on its own.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            self.do_work()
+        except ResultChannelClosed:
+            log.warning("forklift worker %d: the result queue is gone; stopping.", os.getpid())
+
+    def do_work(self) -> None:
+        raise NotImplementedError
+
+    def _report(self, result: Result) -> None:
+        try:
+            self.result_queue.put(result)
+        except (EOFError, OSError) as exc:  # BrokenPipeError, ConnectionResetError, ...
+            raise ResultChannelClosed(str(exc)) from exc
+
+    def execute(self, job: Job) -> None:
+        set_title(f"{TITLE_PREFIX}: {job.title}")
+        me = os.getpid()
+        try:
+            state, reason = run_job(job, lambda pid: self._report(Result(job.key, RUNNING, pid, me)))
+        except ResultChannelClosed:
+            raise
+        except Exception as exc:  # the worker must survive anything one job does
+            log.exception("forklift worker %d could not run %s", me, job.title or job.key)
+            state, reason = FAILED, f"forklift worker {me} could not run it: {type(exc).__name__}: {exc}"
+        self._report(Result(job.key, state, reason, me))
+
+
+class LocalWorker(_Worker):
+    """Runs exactly one job, reports, and exits (``UnlimitedParallelism``)."""
+
+    def __init__(self, result_queue: Any, job: Job) -> None:
+        super().__init__(result_queue, name=f"forklift-LocalWorker[{job.title}]")
+        self.job = job
+
+    def do_work(self) -> None:
+        self.execute(self.job)
+
+
+class QueuedLocalWorker(_Worker):
+    """Takes jobs from ``task_queue`` until it reads the poison pill ``None`` (``LimitedParallelism``)."""
+
+    def __init__(self, task_queue: Any, result_queue: Any, *, index: int = 0) -> None:
+        super().__init__(result_queue, name=f"forklift-QueuedLocalWorker-{index}")
+        self.task_queue = task_queue
+
+    def do_work(self) -> None:
+        while True:
+            set_title(f"{TITLE_PREFIX}: <idle>")
+            try:
+                job = self.task_queue.get()
+            except (EOFError, OSError):
+                log.warning("forklift worker %d: the task queue is gone; stopping.", os.getpid())
+                return
+            if job is None:  # poison pill
+                return
+            self.execute(job)
