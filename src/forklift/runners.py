@@ -77,6 +77,8 @@ def _become_task_process(job: Job) -> None:
     """
     os.setpgid(0, 0)
     _reset_signals()
+    # As a fresh interpreter would have it: Ctrl-C is a KeyboardInterrupt the task can handle.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     os.environ.update(job.env)
     set_title(f"airflow task -- forklift: {job.title}")
 

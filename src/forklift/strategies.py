@@ -78,10 +78,14 @@ class _Strategy:
             raise ValueError(f"job {job.key!r} is already queued or running in forklift; not running it twice.")
         self._accept(job)
 
-    def poll(self) -> list[Result]:
-        """Everything that happened since the last call, without blocking."""
+    def poll(self, timeout: float = 0.0) -> list[Result]:
+        """Everything that happened since the last call.
+
+        Never blocks by default (the scheduler's ``sync()``); with ``timeout`` it waits up to that
+        long for the first result, for callers that have nothing else to do.
+        """
         dead = self._dead_workers()
-        results = self._drain()
+        results = self._drain(block_for=timeout)
         results.extend(self._fail_lost(dead))
         self._after_poll(dead)
         return results
@@ -116,16 +120,28 @@ class _Strategy:
         self._ending = True
         results = self._withdraw_pending()
         groups = [d.task_pid for d in self._dispatched.values() if d.task_pid]
-        procs = self._our_processes()
+        workers = list(self._workers())
+        # Workers are our children: multiprocessing reaps them. Only their descendants are
+        # waited for through psutil (which would otherwise reap the workers behind join()'s back).
+        others = self._descendants(workers)
         for pgid in groups:
             _signal_group(pgid, signal.SIGTERM)
-        for proc in procs:
+        for proc in others:
             _signal_proc(proc, signal.SIGTERM)
-        _, alive = psutil.wait_procs(procs, timeout=self.kill_grace) if procs else ([], [])
+        for worker in workers:
+            if worker.is_alive():
+                worker.terminate()
+        deadline = time.monotonic() + self.kill_grace
+        for worker in workers:
+            worker.join(timeout=max(0.0, deadline - time.monotonic()))
+        _, alive = psutil.wait_procs(others, timeout=max(0.0, deadline - time.monotonic()))
         for pgid in groups:
             _signal_group(pgid, signal.SIGKILL)
         for proc in alive:
             _signal_proc(proc, signal.SIGKILL)
+        for worker in workers:
+            if worker.is_alive():
+                worker.kill()
         psutil.wait_procs(alive, timeout=self.kill_grace)
         self._reap_workers()
         if self.result_queue is not None and self.manager is not None:
@@ -231,17 +247,17 @@ class _Strategy:
                     out.append(Result(key, FAILED, reason, worker.pid or 0))
                     del self._dispatched[key]
             self._forget_worker(worker)
+            _close_dead(worker)
         return out
 
-    def _our_processes(self) -> list[psutil.Process]:
+    @staticmethod
+    def _descendants(workers: list[_Worker]) -> list[psutil.Process]:
         procs: list[psutil.Process] = []
-        for worker in self._workers():
+        for worker in workers:
             if worker.pid is None:
                 continue
             try:
-                proc = psutil.Process(worker.pid)
-                procs.extend(proc.children(recursive=True))
-                procs.append(proc)
+                procs.extend(psutil.Process(worker.pid).children(recursive=True))
             except psutil.NoSuchProcess:
                 continue
         return procs
@@ -249,9 +265,8 @@ class _Strategy:
     def _reap_workers(self) -> None:
         for worker in list(self._workers()):
             worker.join(timeout=self.kill_grace)
-            if not worker.is_alive():
-                worker.close()
             self._forget_worker(worker)
+            _close_dead(worker)
 
     def _shutdown_manager(self) -> None:
         if self.manager is not None:
@@ -281,10 +296,8 @@ class UnlimitedParallelism(_Strategy):
         return list(self._procs.values())
 
     def _forget_worker(self, worker: _Worker) -> None:
-        if worker.pid is not None and self._procs.pop(worker.pid, None) is not None:
-            worker.join(timeout=0)
-            if worker.exitcode is not None:
-                worker.close()
+        if worker.pid is not None:
+            self._procs.pop(worker.pid, None)
 
 
 class LimitedParallelism(_Strategy):
@@ -354,10 +367,8 @@ class LimitedParallelism(_Strategy):
         return list(self._pool.values())
 
     def _forget_worker(self, worker: _Worker) -> None:
-        if worker.pid is not None and self._pool.pop(worker.pid, None) is not None:
-            worker.join(timeout=0)
-            if worker.exitcode is not None:
-                worker.close()
+        if worker.pid is not None:
+            self._pool.pop(worker.pid, None)
 
     def _after_poll(self, dead: list[_Worker]) -> None:
         if not self._ending:
@@ -389,6 +400,13 @@ def make_strategy(parallelism: int, *, kill_grace: float = 5.0) -> _Strategy:
     if parallelism == 0:
         return UnlimitedParallelism(kill_grace=kill_grace)
     return LimitedParallelism(parallelism, kill_grace=kill_grace)
+
+
+def _close_dead(worker: _Worker) -> None:
+    """Reap and release a worker that has exited (a live one is left alone)."""
+    worker.join(timeout=0)
+    if worker.exitcode is not None:
+        worker.close()
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

@@ -1,0 +1,69 @@
+"""Functions the engine tests run as ForkCall jobs (picklable by reference)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def ok() -> int:
+    return 0
+
+
+def exit_with(code: int) -> int:
+    return code
+
+
+def raise_error() -> int:
+    raise RuntimeError("job raised on purpose")
+
+
+def kill_self(signum: int) -> int:
+    os.kill(os.getpid(), signum)
+    return 0
+
+
+def append(path: str, text: str) -> int:
+    with open(path, "a") as f:
+        f.write(text + "\n")
+    return 0
+
+
+def wait_for_gate(fifo: str, path: str, text: str) -> int:
+    """Block until the test writes to ``fifo``, then append ``text`` to ``path``."""
+    with open(fifo) as gate:
+        gate.read()
+    return append(path, text)
+
+
+def span(path: str, name: str, seconds: float) -> int:
+    start = time.time()
+    time.sleep(seconds)
+    return append(path, f"{name} {start} {time.time()}")
+
+
+def write_env(path: str, name: str) -> int:
+    Path(path).write_text(os.environ.get(name, "<unset>"))
+    return 0
+
+
+def describe_process(path: str) -> int:
+    """Record what the task process looks like from inside: pid, pgid, SIGINT handler."""
+    handler = signal.getsignal(signal.SIGINT)
+    Path(path).write_text(f"{os.getpid()} {os.getpgid(0)} {handler is signal.default_int_handler}")
+    return 0
+
+
+def hang_with_child(pidfile: str) -> int:
+    """Start a grandchild in the same process group, record both pids, and never finish."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    tmp = pidfile + ".tmp"
+    Path(tmp).write_text(f"{os.getpid()} {child.pid}")
+    os.replace(tmp, pidfile)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # only SIGKILL stops it: terminate() must escalate
+    while True:
+        time.sleep(60)

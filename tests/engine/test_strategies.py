@@ -1,0 +1,271 @@
+"""The process engine without Airflow: both strategies, both run modes, results, shutdown."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+import jobfns
+from conftest import descendants, wait_for_file, wait_for_results
+from forklift.jobs import FAILED, RUNNING, SUCCESS, Command, ForkCall, Job
+from forklift.strategies import LimitedParallelism, UnlimitedParallelism, _Strategy, make_strategy
+
+PY = sys.executable
+
+
+def fork_job(key: str, func, *args, **kw) -> Job:
+    return Job(key, ForkCall(func, args), title=key, **kw)
+
+
+def cmd_job(key: str, code: str, secret: bytes | None = None, **kw) -> Job:
+    return Job(key, Command([PY, "-c", code], secret_input=secret), title=key, **kw)
+
+
+def test_make_strategy_picks_by_parallelism() -> None:
+    assert isinstance(make_strategy(0), UnlimitedParallelism)
+    limited = make_strategy(3)
+    assert isinstance(limited, LimitedParallelism) and limited.parallelism == 3
+    for bad in (-1, 1.5, "4", True, None):
+        with pytest.raises(ValueError, match="parallelism="):
+            make_strategy(bad)  # type: ignore[arg-type]
+
+
+class TestOutcomes:
+    """Every way a job can end becomes exactly one SUCCESS or FAILED result with a reason."""
+
+    def test_fork_outcomes(self, strategy: _Strategy) -> None:
+        jobs = [
+            fork_job("ok", jobfns.ok),
+            fork_job("exit3", jobfns.exit_with, 3),
+            fork_job("raises", jobfns.raise_error),
+            fork_job("segv", jobfns.kill_self, signal.SIGSEGV),
+            fork_job("oom", jobfns.kill_self, signal.SIGKILL),
+        ]
+        for job in jobs:
+            strategy.submit(job)
+        got = wait_for_results(strategy, {j.key for j in jobs})
+        assert (got["ok"].state, got["ok"].info) == (SUCCESS, "exited with code 0")
+        assert (got["exit3"].state, got["exit3"].info) == (FAILED, "exited with code 3")
+        assert (got["raises"].state, got["raises"].info) == (FAILED, "exited with code 1")
+        assert (got["segv"].state, got["segv"].info) == (FAILED, "killed by SIGSEGV")
+        assert got["oom"].state == FAILED
+        assert got["oom"].info == "killed by SIGKILL — possibly out of memory"
+        assert strategy.running_keys == set()
+
+    def test_subprocess_outcomes(self, strategy: _Strategy) -> None:
+        jobs = [
+            cmd_job("ok", "pass"),
+            cmd_job("exit4", "raise SystemExit(4)"),
+            cmd_job("term", "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"),
+            cmd_job("secret", "import sys; sys.exit(0 if sys.stdin.read() == 'token-123' else 9)", b"token-123"),
+            Job("missing", Command(["/nonexistent/airflow", "tasks", "run"]), title="missing"),
+        ]
+        for job in jobs:
+            strategy.submit(job)
+        got = wait_for_results(strategy, {j.key for j in jobs})
+        assert got["ok"].state == SUCCESS
+        assert (got["exit4"].state, got["exit4"].info) == (FAILED, "exited with code 4")
+        assert (got["term"].state, got["term"].info) == (FAILED, "killed by SIGTERM")
+        assert got["secret"].state == SUCCESS, got["secret"].info
+        assert got["missing"].state == FAILED
+        assert "could not start '/nonexistent/airflow'" in got["missing"].info
+        assert "No such file" in got["missing"].info
+
+    def test_running_is_reported_with_the_task_pid_first(self, strategy: _Strategy, tmp_path: Path) -> None:
+        out = tmp_path / "proc"
+        strategy.submit(fork_job("k", jobfns.describe_process, str(out)))
+        seen = []
+        while not seen or seen[-1].state == RUNNING:
+            seen.extend(strategy.poll(timeout=0.2))
+        assert [r.state for r in seen] == [RUNNING, SUCCESS]
+        pid, pgid, default_sigint = out.read_text().split()
+        # The task leads its own process group (so it can be stopped as a whole) and has
+        # Python's default SIGINT handling back, although its worker ignores SIGINT.
+        assert int(pid) == seen[0].info == int(pgid)
+        assert default_sigint == "True"
+
+    def test_task_environment_is_applied(self, strategy: _Strategy, tmp_path: Path) -> None:
+        fork_out, sub_out = tmp_path / "fork", tmp_path / "sub"
+        env = {"_AIRFLOW_PARSING_CONTEXT_DAG_ID": "my_dag"}
+        strategy.submit(fork_job("f", jobfns.write_env, str(fork_out), "_AIRFLOW_PARSING_CONTEXT_DAG_ID", env=env))
+        strategy.submit(
+            Job(
+                "s",
+                Command([PY, "-c", f"import os; open({str(sub_out)!r}, 'w').write(os.environ['_AIRFLOW_PARSING_CONTEXT_DAG_ID'])"]),
+                env=env,
+            )
+        )
+        got = wait_for_results(strategy, {"f", "s"})
+        assert got["f"].state == got["s"].state == SUCCESS
+        assert fork_out.read_text() == sub_out.read_text() == "my_dag"
+
+    def test_same_key_twice_is_refused(self, strategy: _Strategy, fifo: Path, tmp_path: Path) -> None:
+        strategy.submit(fork_job("k", jobfns.wait_for_gate, str(fifo), str(tmp_path / "o"), "x"))
+        with pytest.raises(ValueError, match="already queued or running"):
+            strategy.submit(fork_job("k", jobfns.ok))
+        fifo.write_text("go")
+        assert wait_for_results(strategy, {"k"})["k"].state == SUCCESS
+
+
+class TestLimited:
+    def test_exactly_n_workers_from_start(self) -> None:
+        before = descendants()
+        s = LimitedParallelism(3)
+        s.start()
+        try:
+            assert len(s.worker_pids()) == 3
+            # A worker names itself once it runs; wait for that rather than racing it.
+            deadline = time.monotonic() + 10
+            while True:
+                titles = [" ".join(psutil.Process(p).cmdline()) for p in s.worker_pids()]
+                if all("airflow worker -- forklift: <idle>" in t for t in titles) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            assert all("airflow worker -- forklift: <idle>" in t for t in titles), titles
+        finally:
+            s.end(timeout=10)
+        assert descendants() - before == set()
+
+    def test_never_more_than_n_at_once(self, tmp_path: Path) -> None:
+        out = tmp_path / "spans"
+        s = LimitedParallelism(2)
+        s.start()
+        try:
+            for i in range(6):
+                s.submit(fork_job(f"j{i}", jobfns.span, str(out), f"j{i}", 0.3))
+            # Only as many are handed to workers as there are workers; the rest wait here.
+            assert len(s.running_keys) == 2 and len(s.pending_keys) == 4
+            got = wait_for_results(s, {f"j{i}" for i in range(6)})
+        finally:
+            s.end(timeout=10)
+        assert all(r.state == SUCCESS for r in got.values())
+        spans = [tuple(map(float, line.split()[1:])) for line in out.read_text().splitlines()]
+        events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+        level = peak = 0
+        for _, step in events:
+            level += step
+            peak = max(peak, level)
+        assert peak == 2
+
+    def test_waiting_jobs_run_by_priority(self, fifo: Path, tmp_path: Path) -> None:
+        order = tmp_path / "order"
+        s = LimitedParallelism(1)
+        s.start()
+        try:
+            s.submit(fork_job("blocker", jobfns.wait_for_gate, str(fifo), str(order), "blocker"))
+            for name, prio in [("low", 1), ("high", 5), ("mid", 3), ("low2", 1)]:
+                s.submit(fork_job(name, jobfns.append, str(order), name, priority=prio))
+            fifo.write_text("go")
+            wait_for_results(s, {"blocker", "low", "high", "mid", "low2"})
+        finally:
+            s.end(timeout=10)
+        assert order.read_text().split() == ["blocker", "high", "mid", "low", "low2"]
+
+    def test_poison_pill_lets_running_work_finish(self, fifo: Path, tmp_path: Path) -> None:
+        before = descendants()
+        out = tmp_path / "o"
+        s = LimitedParallelism(2)
+        s.start()
+        s.submit(fork_job("slow", jobfns.wait_for_gate, str(fifo), str(out), "done"))
+        wait_for_running(s, "slow")
+        workers = [psutil.Process(p) for p in s.worker_pids()]
+        # Release the gate from a helper process once end() is under way: end() must wait for it.
+        release = psutil.Popen([sys.executable, "-c", f"open({str(fifo)!r}, 'w').write('go')"])
+        results = s.end(timeout=30)
+        release.wait(10)
+        assert [(r.key, r.state) for r in results if r.state != RUNNING] == [("slow", SUCCESS)]
+        assert out.read_text() == "done\n"
+        # Workers left through the poison pill: a clean exit, not a kill.
+        assert all(not w.is_running() for w in workers)
+        assert descendants() - before == set()
+
+
+def wait_for_running(strategy: _Strategy, key: str) -> None:
+    while True:
+        for r in strategy.poll(timeout=0.2):
+            if r.key == key and r.state == RUNNING:
+                return
+
+
+class TestUnlimited:
+    def test_one_process_per_job_gone_when_done(self, tmp_path: Path) -> None:
+        s = UnlimitedParallelism()
+        s.start()
+        try:
+            gates = []
+            for i in range(5):
+                gates.append(tmp_path / f"gate{i}")
+                os.mkfifo(gates[-1])
+                s.submit(fork_job(f"j{i}", jobfns.wait_for_gate, str(gates[-1]), str(tmp_path / "o"), f"j{i}"))
+            assert len(s.worker_pids()) == 5  # all started at once: no limit of forklift's own
+            workers = [psutil.Process(p) for p in s.worker_pids()]
+            for gate in gates:
+                gate.write_text("go")  # blocks until that job is waiting on it
+            got = wait_for_results(s, {f"j{i}" for i in range(5)})
+            assert all(r.state == SUCCESS for r in got.values())
+            # Each LocalWorker exits once it has reported; poll() reaps it.
+            deadline = time.monotonic() + 10
+            while s.worker_pids() and time.monotonic() < deadline:
+                s.poll(timeout=0.05)
+            assert s.worker_pids() == []
+            assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+        finally:
+            s.end(timeout=10)
+
+
+class TestShutdown:
+    def test_end_stops_what_outlives_the_timeout(self, tmp_path: Path) -> None:
+        for parallelism in (0, 2):
+            before = descendants()
+            s = make_strategy(parallelism, kill_grace=1.0)
+            s.start()
+            pidfile = tmp_path / f"pids{parallelism}"
+            s.submit(fork_job("hangs", jobfns.hang_with_child, str(pidfile)))
+            pids = [int(p) for p in wait_for_file(pidfile).split()]
+            results = s.end(timeout=0.5)
+            final = [r for r in results if r.state != RUNNING]
+            assert [(r.key, r.state) for r in final] == [("hangs", FAILED)]
+            # The task ignores SIGTERM: only the escalation to SIGKILL of its process group stops it
+            # and the grandchild it started.
+            assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids)
+            assert descendants() - before == set()
+
+    def test_terminate_reports_unfinished_work(self, strategy: _Strategy, tmp_path: Path) -> None:
+        pidfile = tmp_path / "pids"
+        strategy.submit(fork_job("hangs", jobfns.hang_with_child, str(pidfile)))
+        wait_for_file(pidfile)
+        results = strategy.terminate()
+        assert [(r.key, r.state) for r in results if r.state != RUNNING] == [("hangs", FAILED)]
+
+    def test_end_withdraws_work_that_has_not_started(self, fifo: Path, tmp_path: Path) -> None:
+        s = LimitedParallelism(1, kill_grace=1.0)
+        s.start()
+        s.submit(fork_job("running", jobfns.wait_for_gate, str(fifo), str(tmp_path / "o"), "x"))
+        s.submit(fork_job("waiting", jobfns.ok))
+        wait_for_running(s, "running")
+        results = {r.key: r for r in s.end(timeout=0.5) if r.state != RUNNING}
+        assert results["waiting"].state == FAILED and "withdrawn" in results["waiting"].info
+        assert results["running"].state == FAILED and "shutdown" in results["running"].info
+
+    def test_submit_after_end_is_refused(self) -> None:
+        s = LimitedParallelism(1)
+        s.start()
+        s.end(timeout=5)
+        with pytest.raises(RuntimeError, match="not accepting work"):
+            s.submit(fork_job("late", jobfns.ok))
+
+
+def test_poll_does_not_block(strategy: _Strategy, fifo: Path, tmp_path: Path) -> None:
+    strategy.submit(fork_job("k", jobfns.wait_for_gate, str(fifo), str(tmp_path / "o"), "x"))
+    wait_for_running(strategy, "k")
+    # Nothing is ready, so poll() must come straight back with nothing (a blocking read would hang
+    # here until the pytest-timeout fails the test).
+    assert strategy.poll() == []
+    fifo.write_text("go")
+    assert wait_for_results(strategy, {"k"})["k"].state == SUCCESS
