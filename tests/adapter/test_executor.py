@@ -1,0 +1,144 @@
+"""The Airflow adapter without a metadata DB: flags, config refusal, workload translation, slots."""
+
+from __future__ import annotations
+
+import sys
+import time
+import uuid
+
+import pytest
+from airflow.executors.workloads import ExecuteTask
+from airflow.executors.workloads.base import BundleInfo
+from airflow.executors.workloads.task import TaskInstanceDTO
+from airflow.utils.state import TaskInstanceState
+
+import forklift
+from forklift import airflow_compat as compat
+from forklift.jobs import Command, ForkCall, Job
+from forklift.settings import ConfigError, RunMode
+from forklift.strategies import LimitedParallelism, UnlimitedParallelism
+
+TOKEN = "jwt-secret-token-value"
+
+
+def make_workload(task_id: str = "t1", priority: int = 1) -> ExecuteTask:
+    ti = TaskInstanceDTO(
+        id=uuid.uuid4(), task_id=task_id, dag_id="d", run_id="r", try_number=1,
+        dag_version_id=uuid.uuid4(), pool_slots=1, priority_weight=priority, queue="default",
+    )
+    return ExecuteTask(token=TOKEN, ti=ti, dag_rel_path="d.py", bundle_info=BundleInfo(name="dags-folder"), log_path=None)
+
+
+def test_flags_airflow_reads() -> None:
+    cls = forklift.LocalExecutor
+    assert cls.is_local and cls.serve_logs and cls.supports_callbacks
+    assert cls.supports_connection_test and cls.supports_multi_team
+
+
+def test_importable_the_way_airflow_loads_it() -> None:
+    from airflow.executors.executor_loader import ExecutorLoader
+
+    cls, _ = ExecutorLoader.import_executor_cls(
+        __import__("airflow.executors.executor_utils", fromlist=["ExecutorName"]).ExecutorName("forklift.LocalExecutor")
+    )
+    assert cls is forklift.LocalExecutor
+
+
+@pytest.mark.parametrize("raw", ["-1", "lots", ""])
+def test_bad_parallelism_refused_at_construction(monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
+    monkeypatch.setenv("AIRFLOW__FORKLIFT__PARALLELISM", raw)
+    with pytest.raises(ConfigError, match=r"\[forklift\] parallelism") as err:
+        forklift.LocalExecutor()
+    assert repr(raw) in str(err.value) or raw in str(err.value)
+
+
+def test_unlimited_offers_core_parallelism_slots(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW__FORKLIFT__PARALLELISM", "0")
+    monkeypatch.setenv("AIRFLOW__CORE__PARALLELISM", "7")
+    ex = forklift.LocalExecutor()
+    assert ex.settings.parallelism == 0 and ex.parallelism == 7
+    ex.start()
+    try:
+        assert isinstance(ex.impl, UnlimitedParallelism)
+        assert ex.result_queue is not None
+    finally:
+        ex.end()
+    assert ex.impl is None
+
+
+def test_core_parallelism_zero_is_explained(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW__FORKLIFT__PARALLELISM", "0")
+    monkeypatch.setenv("AIRFLOW__CORE__PARALLELISM", "0")
+    with pytest.raises(ConfigError, match=r"\[core\] parallelism = 0 .*\[forklift\] parallelism = 0"):
+        forklift.LocalExecutor()
+
+
+def test_limited_from_config_and_run_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW__FORKLIFT__PARALLELISM", "3")
+    monkeypatch.setenv("AIRFLOW__CORE__EXECUTE_TASKS_NEW_PYTHON_INTERPRETER", "True")
+    ex = forklift.LocalExecutor()
+    assert (ex.parallelism, ex.settings.run_mode) == (3, RunMode.SUBPROCESS)
+    ex.start()
+    try:
+        assert isinstance(ex.impl, LimitedParallelism) and len(ex.impl.worker_pids()) == 3
+    finally:
+        ex.end()
+
+
+class TestWorkloadToJob:
+    def test_subprocess_keeps_the_token_off_the_command_line(self) -> None:
+        job = compat.workload_to_job(make_workload(), mode=RunMode.SUBPROCESS, server="http://127.0.0.1:1/execution/")
+        assert isinstance(job.runnable, Command)
+        assert job.runnable.argv[:3] == [sys.executable, "-m", "airflow.sdk.execution_time.execute_workload"]
+        assert not any(TOKEN in arg for arg in job.runnable.argv)
+        assert TOKEN not in repr(job) and TOKEN not in job.title and not any(TOKEN in v for v in job.env.values())
+        assert job.runnable.secret_input is not None and TOKEN.encode() in job.runnable.secret_input
+        assert job.env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://127.0.0.1:1/execution/"
+
+    def test_fork_runs_airflows_supervisor(self) -> None:
+        job = compat.workload_to_job(make_workload(priority=9), mode=RunMode.FORK, server="http://x/execution/")
+        assert isinstance(job.runnable, ForkCall) and job.runnable.func is compat.run_workload_in_child
+        assert job.priority == 9 and job.title == "d.t1 r try 1"
+        assert job.env == {compat.PARSING_CONTEXT_DAG_ID: "d", compat.PARSING_CONTEXT_TASK_ID: "t1"}
+
+
+def _gated_job(workload, *, mode, server) -> Job:  # noqa: ANN001 - stands in for workload_to_job
+    """A job that runs until its gate file is removed: lets the test hold a slot as long as it likes."""
+    code = "import os, sys, time\nwhile os.path.exists(sys.argv[1]): time.sleep(0.01)"
+    return Job(workload.key, Command([sys.executable, "-c", code, GATES[workload.ti.task_id]]), title=workload.ti.task_id)
+
+
+GATES: dict[str, str] = {}
+
+
+def test_slot_held_until_result(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # noqa: ANN001
+    """A dispatched workload counts in ``running`` until its result is read: the scheduler's backpressure."""
+    monkeypatch.setattr(compat, "workload_to_job", _gated_job)
+    ex = forklift.LocalExecutor(parallelism=2)
+    ex.start()
+    try:
+        workloads = [make_workload(f"t{i}") for i in range(3)]
+        for w in workloads:
+            gate = tmp_path / w.ti.task_id
+            gate.touch()
+            GATES[w.ti.task_id] = str(gate)
+            ex.queue_workload(w, session=None)
+        ex.heartbeat()
+        assert len(ex.running) == 2 and len(ex.queued_tasks) == 1
+        assert ex.slots_available <= 0  # the scheduler will queue nothing more here
+        ex.heartbeat()  # nothing finished: nothing more is dispatched
+        assert len(ex.running) == 2 and len(ex.queued_tasks) == 1
+        first = next(iter(ex.running))
+        (tmp_path / first.task_id).unlink()
+        deadline = time.monotonic() + 30
+        while first in ex.running and time.monotonic() < deadline:
+            ex.sync()
+            time.sleep(0.02)
+        assert ex.get_event_buffer()[first][0] == TaskInstanceState.SUCCESS
+        ex.heartbeat()
+        assert len(ex.running) == 2 and not ex.queued_tasks
+    finally:
+        for gate in tmp_path.iterdir():
+            gate.unlink()
+        ex.end()
+    assert not ex.running

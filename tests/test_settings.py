@@ -1,0 +1,80 @@
+"""Configuration rules: every bad value is refused with the setting's name and the value."""
+
+from __future__ import annotations
+
+import pytest
+
+from forklift.settings import MAX_PARALLELISM, ConfigError, RunMode, load_settings
+
+
+def lookup_from(values: dict[tuple[str, str], str]):
+    return lambda section, key: values.get((section, key))
+
+
+def test_forklift_parallelism_wins_over_core() -> None:
+    s = load_settings(lookup_from({("forklift", "parallelism"): "0", ("core", "parallelism"): "8"}))
+    assert s.parallelism == 0 and s.unlimited and s.strategy_name == "UnlimitedParallelism"
+
+
+def test_falls_back_to_core_parallelism() -> None:
+    s = load_settings(lookup_from({("core", "parallelism"): "8"}))
+    assert s.parallelism == 8 and s.strategy_name == "LimitedParallelism"
+
+
+def test_explicit_parallelism_wins_over_config() -> None:
+    assert load_settings(lookup_from({("forklift", "parallelism"): "3"}), parallelism=5).parallelism == 5
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [("-1", "-1 is out of range"), ("four", "'four' is not a whole number"), ("", "is empty"),
+     ("2.5", "'2.5' is not a whole number"), (str(MAX_PARALLELISM + 1), "is out of range"), ("  ", "is empty")],
+)
+def test_bad_parallelism_is_refused_by_name_and_value(raw: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(lookup_from({("forklift", "parallelism"): raw}))
+    message = str(err.value)
+    assert "[forklift] parallelism" in message and "AIRFLOW__FORKLIFT__PARALLELISM" in message
+    assert fragment in message
+
+
+def test_bad_core_parallelism_names_core() -> None:
+    with pytest.raises(ConfigError, match=r"\[core\] parallelism.*'x'"):
+        load_settings(lookup_from({("core", "parallelism"): "x"}))
+
+
+@pytest.mark.parametrize("bad", [-1, 2.5, "4", True])
+def test_bad_explicit_parallelism(bad: object) -> None:
+    with pytest.raises(ConfigError, match="parallelism="):
+        load_settings(lookup_from({}), parallelism=bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("mode", "new_interpreter", "expected"),
+    [(None, None, RunMode.FORK), (None, "False", RunMode.FORK), (None, "True", RunMode.SUBPROCESS),
+     ("fork", "True", RunMode.FORK), ("subprocess", "False", RunMode.SUBPROCESS), (" Subprocess ", None, RunMode.SUBPROCESS),
+     ("", "true", RunMode.SUBPROCESS)],
+)
+def test_run_mode(mode: str | None, new_interpreter: str | None, expected: RunMode) -> None:
+    values = {("core", "execute_tasks_new_python_interpreter"): new_interpreter, ("forklift", "run_mode"): mode}
+    assert load_settings(lookup_from({k: v for k, v in values.items() if v is not None}), parallelism=1).run_mode is expected
+
+
+def test_bad_run_mode() -> None:
+    with pytest.raises(ConfigError, match=r"\[forklift\] run_mode.*'spawn'.*'fork' or 'subprocess'"):
+        load_settings(lookup_from({("forklift", "run_mode"): "spawn"}), parallelism=1)
+    with pytest.raises(ConfigError, match=r"execute_tasks_new_python_interpreter.*'maybe'"):
+        load_settings(lookup_from({("core", "execute_tasks_new_python_interpreter"): "maybe"}), parallelism=1)
+
+
+@pytest.mark.parametrize("key", ["shutdown_timeout", "kill_grace"])
+@pytest.mark.parametrize("raw", ["-1", "soon", "", "nan", "inf", "1e9"])
+def test_bad_seconds(key: str, raw: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(lookup_from({("forklift", key): raw}), parallelism=1)
+    assert f"[forklift] {key}" in str(err.value)
+
+
+def test_seconds_defaults_and_values() -> None:
+    s = load_settings(lookup_from({("forklift", "shutdown_timeout"): "2.5"}), parallelism=1)
+    assert (s.shutdown_timeout, s.kill_grace) == (2.5, 5.0)
