@@ -228,6 +228,28 @@ class AirflowStack:
                 time.sleep(0.5)
         raise StackError(f"{component} did not answer {url} within {timeout:.0f} s:\n{self.log_tail(component)}")
 
+    # -- the REST API --------------------------------------------------------------------------
+    def api(self, method: str, path: str, body: Any = None, headers: Mapping[str, str] | None = None) -> tuple[int, Any]:
+        """Call the api-server as an admin (the stack uses SimpleAuthManager with everyone an admin)."""
+        import urllib.error
+        import urllib.request
+
+        base = f"http://127.0.0.1:{self.api_port}"
+        if not hasattr(self, "_api_token"):
+            with urllib.request.urlopen(f"{base}/auth/token", timeout=10) as resp:
+                self._api_token = json.loads(resp.read())["access_token"]
+        req = urllib.request.Request(
+            base + path,
+            method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {self._api_token}", **(headers or {})},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return resp.status, json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as err:
+            return err.code, err.read().decode(errors="replace")
+
     # -- DAGs and runs -------------------------------------------------------------------------
     def db(self) -> Any:
         import sqlalchemy

@@ -1,0 +1,78 @@
+"""The DAG matrix on a real scheduler: {parallelism 0, 4} × {fork, subprocess}.
+
+Final task states come from the metadata DB; concurrency comes from the tasks' own clocks.
+"""
+
+from __future__ import annotations
+
+import psutil
+import pytest
+from conftest import peak_concurrency
+
+from forklift.testing.stack import AirflowStack
+
+DAG_ID = "forklift_matrix"
+SPAN_TASKS = 20
+
+
+@pytest.mark.timeout(420)
+@pytest.mark.parametrize("mode", ["fork", "subprocess"])
+@pytest.mark.parametrize("parallelism", [0, 4])
+def test_dag_matrix(stack: AirflowStack, tmp_path, parallelism: int, mode: str) -> None:  # noqa: ANN001
+    run_id = f"matrix_p{parallelism}_{mode}"
+    out = tmp_path / "out"
+    out.mkdir()
+    stack.start_scheduler({"AIRFLOW__FORKLIFT__PARALLELISM": str(parallelism), "AIRFLOW__FORKLIFT__RUN_MODE": mode})
+    try:
+        stack.trigger(DAG_ID, run_id, {"out_dir": str(out)})
+        state = stack.wait_for_run(DAG_ID, run_id, timeout=360)
+        workers = _forklift_workers(stack)  # idle now, and still there until the scheduler stops
+    finally:
+        scheduler_tree = _scheduler_tree(stack)
+        exit_code = stack.stop_component("scheduler")
+
+    log = stack.log_tail("scheduler", chars=10**7)
+    strategy = "UnlimitedParallelism" if parallelism == 0 else "LimitedParallelism"
+    assert f"forklift started: {strategy}, parallelism {parallelism}, run mode {mode}" in log
+
+    tis = {ti.task_id: ti.state for ti in stack.task_instances(DAG_ID, run_id)}
+    expected = {f"span_{i:02d}": "success" for i in range(SPAN_TASKS)}
+    expected.update({"writes_file": "success", "bash": "success", "fails": "failed"})
+    assert tis == expected
+    assert state == "failed"  # because one task fails on purpose, and only because of it
+    assert (out / "written.txt").read_text() == "written by writes_file\n"
+    assert (out / "bash.txt").read_text().startswith("bash ran in ")
+
+    peak = peak_concurrency(out / "spans")
+    if parallelism == 4:
+        assert peak <= 4, f"{peak} tasks ran at once with parallelism 4"
+        assert workers == 4, f"expected exactly 4 QueuedLocalWorker processes, saw {workers}"
+    else:
+        assert peak > 4, f"parallelism 0 should not limit concurrency, but at most {peak} ran at once"
+
+    # The scheduler shut down cleanly (SIGTERM → executor.end()) and left nothing of forklift's behind.
+    assert exit_code == 0, stack.log_tail("scheduler")
+    alive = [p for p in scheduler_tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not alive, [p.cmdline() for p in alive]
+
+
+def _scheduler_tree(stack: AirflowStack) -> list[psutil.Process]:
+    comp = stack._components.get("scheduler")
+    if comp is None:
+        return []
+    try:
+        return psutil.Process(comp.proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _forklift_workers(stack: AirflowStack) -> int:
+    """Count QueuedLocalWorker/LocalWorker processes under the scheduler by their process title."""
+    count = 0
+    for proc in _scheduler_tree(stack):
+        try:
+            if " ".join(proc.cmdline()).startswith("airflow worker -- forklift"):
+                count += 1
+        except psutil.Error:
+            continue
+    return count
