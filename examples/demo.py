@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from forklift.testing.measure import percentile
 from forklift.testing.stack import AirflowStack, TaskRow
 
 DAG_ID = "forklift_demo"
@@ -38,13 +39,6 @@ def run_once(stack: AirflowStack, executor: str, parallelism: int, mode: str, ru
     start, end = stack.dag_run_times(DAG_ID, run_id)
     wall = (end - start).total_seconds() if start and end else float("nan")
     return stack.task_instances(DAG_ID, run_id), wall
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def totals(rows: list[TaskRow], wall: float) -> dict[str, str]:

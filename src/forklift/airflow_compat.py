@@ -7,6 +7,7 @@ Airflow 3) into an engine :class:`~forklift.jobs.Job`.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -32,11 +33,19 @@ CALLBACK_PRIORITY = sys.maxsize
 
 
 def config_lookup(team_name: str | None = None) -> Lookup:
-    """A ``lookup(section, key)`` over Airflow's configuration (team-aware on Airflow 3)."""
-    extra: dict[str, Any] = {"team_name": team_name} if team_name else {}
+    """A ``lookup(section, key)`` over Airflow's configuration.
+
+    For a team's executor, the team's own value comes first, then the deployment's. Airflow 3 takes
+    team values only from ``AIRFLOW__<TEAM>___<SECTION>__<KEY>`` environment variables, and its
+    team-aware ``conf.get`` would answer a built-in default rather than the deployment's value.
+    """
 
     def lookup(section: str, key: str) -> str | None:
-        value = conf.get(section, key, fallback=None, **extra)
+        if team_name:
+            team_value = os.environ.get(f"AIRFLOW__{team_name.upper()}___{section.upper()}__{key.upper()}")
+            if team_value is not None:
+                return team_value
+        value = conf.get(section, key, fallback=None)
         return None if value is None else str(value)
 
     return lookup
@@ -100,9 +109,24 @@ def workload_to_job(workload: ExecutorWorkload, *, mode: RunMode, server: str) -
     return Job(key=workload.key, runnable=runnable, title=title, priority=priority, env=env)
 
 
+def dispose_inherited_db_pool() -> None:
+    """Forget the DB connections inherited through fork without closing them.
+
+    They belong to the scheduler: closing them here would close its sockets (Airflow #47678). Airflow
+    registers the same at-fork hook itself; doing it here too keeps that true whatever the version.
+    """
+    from airflow import settings
+
+    for engine in (getattr(settings, "engine", None), getattr(getattr(settings, "async_engine", None), "sync_engine", None)):
+        if engine is not None:
+            engine.dispose(close=False)
+
+
 def run_workload_in_child(workload: ExecutorWorkload, server: str, title: str) -> int:
     """Entry point of a forked task process: Airflow's own Task SDK supervisor runs the workload."""
     from airflow.executors.base_executor import BaseExecutor
+
+    dispose_inherited_db_pool()
 
     return BaseExecutor.run_workload(
         workload,

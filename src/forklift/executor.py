@@ -77,10 +77,8 @@ class LocalExecutor(BaseExecutor):
     def _process_workloads(self, workloads: Sequence[ExecutorWorkload]) -> None:
         impl = self._require_started()
         for workload in workloads:
-            key = workload.key
-            self.queued_tasks.pop(key, None) or self.queued_callbacks.pop(key, None) or self.queued_connection_tests.pop(  # type: ignore[call-overload]
-                key, None
-            )
+            key: Any = workload.key
+            self._unqueue(key)
             self._outcome_states[key] = (workload.success_state, workload.failure_state)
             # The slot stays taken until the result is read: this is the scheduler's backpressure.
             self.running.add(key)
@@ -90,6 +88,11 @@ class LocalExecutor(BaseExecutor):
             except Exception as exc:
                 self.log.exception("forklift could not dispatch %s", key)
                 self._report(Result(key, FAILED, f"forklift could not dispatch it: {type(exc).__name__}: {exc}"))
+
+    def _unqueue(self, key: Any) -> None:
+        for queued in (self.queued_tasks, self.queued_callbacks, self.queued_connection_tests):
+            if queued.pop(key, None) is not None:
+                return
 
     # -- results ---------------------------------------------------------------------------
     def sync(self) -> None:
@@ -101,18 +104,19 @@ class LocalExecutor(BaseExecutor):
     def _report(self, result: Result) -> None:
         if result.state == RUNNING:
             return
-        success_state, failure_state = self._outcome_states.pop(result.key, (None, None))
+        key: Any = result.key
+        success_state, failure_state = self._outcome_states.pop(key, (None, None))
         if result.state == SUCCESS:
             if success_state is None:
-                self.success(result.key)
+                self.success(key)
             else:
-                self.change_state(result.key, success_state)
+                self.change_state(key, success_state)
         else:
-            self.log.error("forklift: %s failed: %s", result.key, result.info)
+            self.log.error("forklift: %s failed: %s", key, result.info)
             if failure_state is None:
-                self.fail(result.key, info=result.info)
+                self.fail(key, info=result.info)
             else:
-                self.change_state(result.key, failure_state, info=result.info)
+                self.change_state(key, failure_state, info=result.info)
 
     # -- shutdown --------------------------------------------------------------------------
     def end(self) -> None:

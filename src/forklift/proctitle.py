@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
+_setproctitle: Callable[[str], None] | None
 try:
     from setproctitle import setproctitle as _setproctitle
 except ImportError:  # pragma: no cover - setproctitle comes with Airflow

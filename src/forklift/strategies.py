@@ -147,8 +147,8 @@ class _Strategy:
         if self.result_queue is not None and self.manager is not None:
             try:
                 results.extend(r for r in self._drain() if r.state != RUNNING)
-            except Exception:  # the manager may be gone already; nothing more to read then
-                pass
+            except Exception as exc:  # the manager may be gone already; nothing more to read then
+                log.debug("forklift: could not read final results: %s", exc)
         for key, dispatch in list(self._dispatched.items()):
             results.append(Result(key, FAILED, "stopped by forklift at shutdown before it finished", dispatch.worker_pid or 0))
             del self._dispatched[key]

@@ -52,6 +52,14 @@ def test_bad_parallelism_refused_at_construction(monkeypatch: pytest.MonkeyPatch
     assert repr(raw) in str(err.value) or raw in str(err.value)
 
 
+def test_constructed_the_way_a_team_executor_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW__FORKLIFT__PARALLELISM", "2")
+    monkeypatch.setenv("AIRFLOW__TEAM_A___FORKLIFT__PARALLELISM", "3")
+    team_a = forklift.LocalExecutor(team_name="team_a")
+    assert team_a.team_name == "team_a" and team_a.parallelism == 3  # the team's own value
+    assert forklift.LocalExecutor(team_name="team_b").parallelism == 2  # the deployment's
+
+
 def test_unlimited_offers_core_parallelism_slots(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIRFLOW__FORKLIFT__PARALLELISM", "0")
     monkeypatch.setenv("AIRFLOW__CORE__PARALLELISM", "7")
@@ -102,7 +110,7 @@ class TestWorkloadToJob:
         assert job.env == {compat.PARSING_CONTEXT_DAG_ID: "d", compat.PARSING_CONTEXT_TASK_ID: "t1"}
 
 
-def _gated_job(workload, *, mode, server) -> Job:  # noqa: ANN001 - stands in for workload_to_job
+def _gated_job(workload, *, mode, server) -> Job:
     """A job that runs until its gate file is removed: lets the test hold a slot as long as it likes."""
     code = "import os, sys, time\nwhile os.path.exists(sys.argv[1]): time.sleep(0.01)"
     return Job(workload.key, Command([sys.executable, "-c", code, GATES[workload.ti.task_id]]), title=workload.ti.task_id)
@@ -111,7 +119,7 @@ def _gated_job(workload, *, mode, server) -> Job:  # noqa: ANN001 - stands in fo
 GATES: dict[str, str] = {}
 
 
-def test_slot_held_until_result(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # noqa: ANN001
+def test_slot_held_until_result(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     """A dispatched workload counts in ``running`` until its result is read: the scheduler's backpressure."""
     monkeypatch.setattr(compat, "workload_to_job", _gated_job)
     ex = forklift.LocalExecutor(parallelism=2)

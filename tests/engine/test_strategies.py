@@ -8,13 +8,14 @@ import sys
 import time
 from pathlib import Path
 
+import jobfns
 import psutil
 import pytest
-
-import jobfns
 from conftest import descendants, wait_for_file, wait_for_results
+
 from forklift.jobs import FAILED, RUNNING, SUCCESS, Command, ForkCall, Job
 from forklift.strategies import LimitedParallelism, UnlimitedParallelism, _Strategy, make_strategy
+from forklift.testing.measure import peak_overlap
 
 PY = sys.executable
 
@@ -146,12 +147,7 @@ class TestLimited:
             s.end(timeout=10)
         assert all(r.state == SUCCESS for r in got.values())
         spans = [tuple(map(float, line.split()[1:])) for line in out.read_text().splitlines()]
-        events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
-        level = peak = 0
-        for _, step in events:
-            level += step
-            peak = max(peak, level)
-        assert peak == 2
+        assert peak_overlap(spans) == 2
 
     def test_waiting_jobs_run_by_priority(self, fifo: Path, tmp_path: Path) -> None:
         order = tmp_path / "order"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from forklift.testing.measure import peak_overlap
 from forklift.testing.stack import AirflowStack
 
 DAGS = Path(__file__).resolve().parent.parent / "dags"
@@ -50,12 +51,5 @@ def stack(tmp_path_factory: pytest.TempPathFactory, marker_dir: Path) -> Iterato
 
 def peak_concurrency(spans_dir: Path) -> int:
     """How many tasks ran at once, from the start/end times the tasks recorded themselves."""
-    events = []
-    for path in spans_dir.glob("*.json"):
-        span = json.loads(path.read_text())
-        events += [(span["start"], 1), (span["end"], -1)]
-    level = peak = 0
-    for _, step in sorted(events):  # an end at the same instant as a start sorts first
-        level += step
-        peak = max(peak, level)
-    return peak
+    spans = [json.loads(path.read_text()) for path in spans_dir.glob("*.json")]
+    return peak_overlap((span["start"], span["end"]) for span in spans)

@@ -9,6 +9,7 @@ import psutil
 import pytest
 from conftest import peak_concurrency
 
+from forklift.testing.measure import peak_overlap
 from forklift.testing.stack import AirflowStack
 
 DAG_ID = "forklift_matrix"
@@ -18,7 +19,7 @@ SPAN_TASKS = 20
 @pytest.mark.timeout(420)
 @pytest.mark.parametrize("mode", ["fork", "subprocess"])
 @pytest.mark.parametrize("parallelism", [0, 4])
-def test_dag_matrix(stack: AirflowStack, tmp_path, parallelism: int, mode: str) -> None:  # noqa: ANN001
+def test_dag_matrix(stack: AirflowStack, tmp_path, parallelism: int, mode: str) -> None:
     run_id = f"matrix_p{parallelism}_{mode}"
     out = tmp_path / "out"
     out.mkdir()
@@ -46,6 +47,11 @@ def test_dag_matrix(stack: AirflowStack, tmp_path, parallelism: int, mode: str) 
     peak = peak_concurrency(out / "spans")
     if parallelism == 4:
         assert peak <= 4, f"{peak} tasks ran at once with parallelism 4"
+        # Backpressure, from the scheduler's own records: a task is queued only when a slot is free,
+        # so never more than 4 were queued-or-running at once (Airflow's LocalExecutor queues all 23).
+        rows = stack.task_instances(DAG_ID, run_id)
+        held = peak_overlap([(r.queued, r.end) for r in rows])
+        assert held <= 4, f"{held} tasks were queued or running at once with parallelism 4"
         assert workers == 4, f"expected exactly 4 QueuedLocalWorker processes, saw {workers}"
     else:
         assert peak > 4, f"parallelism 0 should not limit concurrency, but at most {peak} ran at once"
