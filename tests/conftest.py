@@ -1,12 +1,93 @@
-"""Keep every test away from the user's own Airflow: a private AIRFLOW_HOME, set before Airflow loads."""
+"""Shared test set-up.
+
+Every test runs away from the user's own Airflow: a private AIRFLOW_HOME, set before Airflow loads.
+Integration tests share one real Airflow deployment per session (SQLite on Airflow 3; a private
+PostgreSQL on Airflow 2, which refuses SQLite with a parallel executor).
+"""
 
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
 
 for _name in [n for n in os.environ if n.startswith("AIRFLOW__")]:
     del os.environ[_name]
 os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="forklift-tests-airflow-home-")
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
+
+from forklift.testing.stack import AirflowStack, airflow_major  # noqa: E402
+
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="session")
+def marker_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where DAG-level callbacks (fixed at parse time) leave their marks."""
+    return tmp_path_factory.mktemp("markers")
+
+
+def start_stack(home: Path, dags: Path, env: dict[str, str]) -> tuple[AirflowStack, object]:
+    """Migrate and start a deployment; on Airflow 2 on a PostgreSQL of its own. Returns (stack, db server)."""
+    server = None
+    conn = None
+    if airflow_major() < 3:
+        from forklift.testing.postgres import PostgresServer
+
+        server = PostgresServer()
+        server.start()
+        conn = server.url
+    st = AirflowStack(home, dags, sql_alchemy_conn=conn, env=env)
+    try:
+        st.migrate()
+        st.start_services()
+    except BaseException:
+        st.stop()
+        if server is not None:
+            server.stop()
+        raise
+    return st, server
+
+
+def stop_stack(st: AirflowStack, server: object) -> None:
+    try:
+        st.stop()
+    finally:
+        if server is not None:
+            server.stop()  # type: ignore[attr-defined]
+    left = st.leftover_processes()
+    assert not left, f"processes left behind by the stack: {[p.cmdline() for p in left]}"
+
+
+@pytest.fixture(scope="session")
+def stack_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """Start further deployments (e.g. with other [core] executor lists); all are stopped at the end."""
+    started: list[tuple[AirflowStack, object]] = []
+
+    def make(dags: Path, env: dict[str, str]) -> AirflowStack:
+        st, server = start_stack(tmp_path_factory.mktemp("airflow-home"), dags, env)
+        started.append((st, server))
+        return st
+
+    try:
+        yield make
+    finally:
+        for st, server in reversed(started):
+            stop_stack(st, server)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, marker_dir: Path) -> Iterator[AirflowStack]:
+    env = {"FORKLIFT_TEST_MARKER_DIR": str(marker_dir)}
+    if airflow_major() >= 3:
+        env["AIRFLOW__CORE__TEST_CONNECTION"] = "Enabled"
+    st, server = start_stack(tmp_path_factory.mktemp("airflow-home"), TESTS / "dags", env)
+    try:
+        st.wait_for_dag("forklift_matrix")
+        yield st
+    finally:
+        stop_stack(st, server)

@@ -1,8 +1,10 @@
 """Everything that differs between Airflow lines lives here, and only here.
 
-The executor asks this module three things: how to read configuration, what parallelism to hand
-to Airflow's ``BaseExecutor``, and how to turn what the scheduler gives it (a Task SDK *workload* on
-Airflow 3) into an engine :class:`~forklift.jobs.Job`.
+The executor asks this module how to read configuration, what parallelism to hand to Airflow's
+``BaseExecutor``, and how to turn what the scheduler gives it into an engine :class:`~forklift.jobs.Job`:
+
+* Airflow 3: a Task SDK *workload* (``_process_workloads``) → :func:`workload_to_job`;
+* Airflow 2: an ``airflow tasks run …`` *command* (``execute_async``) → :func:`command_to_job`.
 """
 
 from __future__ import annotations
@@ -54,11 +56,11 @@ def config_lookup(team_name: str | None = None) -> Lookup:
 def base_parallelism(forklift_parallelism: int, lookup: Lookup) -> int:
     """The parallelism ``BaseExecutor`` gets, which sets the slots the scheduler sees.
 
-    Airflow 3's ``BaseExecutor`` refuses 0, so for forklift's "unlimited" (0) the executor offers
-    as many slots as ``[core] parallelism``: the scheduler never queues more than that in total,
-    so forklift adds no limit of its own.
+    Airflow 2 reads 0 as "unlimited" itself. Airflow 3's ``BaseExecutor`` refuses 0, so for forklift's
+    "unlimited" the executor offers as many slots as ``[core] parallelism``: the scheduler never
+    queues more than that in total, so forklift adds no limit of its own.
     """
-    if forklift_parallelism > 0:
+    if forklift_parallelism > 0 or not AIRFLOW_V3:
         return forklift_parallelism
     raw = lookup("core", "parallelism") or "32"
     try:
@@ -75,6 +77,9 @@ def base_parallelism(forklift_parallelism: int, lookup: Lookup) -> int:
 
 
 def execution_api_url(executor_conf: Any) -> str:
+    """Where Airflow 3 tasks reach the Execution API (Airflow 2 tasks talk to the DB instead)."""
+    if not AIRFLOW_V3:
+        return ""
     from airflow.executors.base_executor import get_execution_api_server_url
 
     return get_execution_api_server_url(executor_conf)
@@ -134,3 +139,66 @@ def run_workload_in_child(workload: ExecutorWorkload, server: str, title: str) -
         proctitle=f"airflow supervisor -- forklift: {title}",
         subprocess_logs_to_stdout=True,
     )
+
+
+# -- Airflow 2: commands ---------------------------------------------------------------------------
+
+class CommandRejected(ValueError):
+    """A command forklift will not run: only ``airflow tasks run …`` is accepted."""
+
+
+def command_to_job(key: Any, command: Any, *, mode: RunMode) -> Job:
+    """An Airflow 2 ``airflow tasks run …`` command as an engine job; anything else is refused unrun."""
+    if (
+        not isinstance(command, (list, tuple))
+        or not all(isinstance(part, str) for part in command)
+        or list(command[:3]) != ["airflow", "tasks", "run"]
+    ):
+        shown = repr(command)
+        if len(shown) > 200:
+            shown = shown[:200] + "…"
+        raise CommandRejected(
+            f"forklift runs only ['airflow', 'tasks', 'run', …] commands (a list of strings); refused {shown}"
+        )
+    command = list(command)
+    dag_id, task_id = _dag_and_task(command)
+    env = {PARSING_CONTEXT_DAG_ID: dag_id or "", PARSING_CONTEXT_TASK_ID: task_id or ""}
+    env = {k: v for k, v in env.items() if v}
+    title = f"{getattr(key, 'dag_id', dag_id)}.{getattr(key, 'task_id', task_id)} {getattr(key, 'run_id', '')} try {getattr(key, 'try_number', '')}"
+    runnable: ForkCall | Command
+    if mode is RunMode.FORK:
+        runnable = ForkCall(run_command_in_child, (command, title))
+    else:
+        runnable = Command(command)
+    priority = 0
+    return Job(key=key, runnable=runnable, title=title.strip(), priority=priority, env=env)
+
+
+def _dag_and_task(command: list[str]) -> tuple[str | None, str | None]:
+    """The first two positional arguments after ``run``, as Airflow 2's own validator reads them."""
+    if "--help" in command:
+        return None, None
+    positional = [arg for arg in command[3:] if not arg.startswith("--")]
+    return (positional[0] if positional else None), (positional[1] if len(positional) > 1 else None)
+
+
+def run_command_in_child(command: list[str], title: str) -> int:
+    """Entry point of a forked task process on Airflow 2: the CLI, parsed and run in-process."""
+    from airflow.cli.cli_parser import get_parser
+
+    from forklift.proctitle import set_title
+
+    dispose_inherited_db_pool()
+    args = get_parser().parse_args(command[1:])
+    args.shut_down_logging = False
+    set_title(f"airflow task supervisor -- forklift: {title}")
+    try:
+        args.func(args)
+    finally:
+        try:
+            from airflow.sentry import Sentry
+
+            Sentry.flush()
+        except Exception:  # noqa: BLE001 - flushing is best effort; the task's outcome stands
+            pass
+    return 0

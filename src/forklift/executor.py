@@ -50,6 +50,9 @@ class LocalExecutor(BaseExecutor):
         # What to report for each dispatched key: the workload's own success/failure states.
         self._outcome_states: dict[Hashable, tuple[Any, Any]] = {}
         self._server: str = ""
+        # Work refused at dispatch: reported from sync(), when Airflow 2's trigger_tasks has put the
+        # key in running (it does so after execute_async returns), so no slot leaks.
+        self._refused: list[Result] = []
 
     def __repr__(self) -> str:
         return (
@@ -63,8 +66,12 @@ class LocalExecutor(BaseExecutor):
         return self.impl.result_queue if self.impl is not None else None
 
     def start(self) -> None:
-        self._server = compat.execution_api_url(self.conf)
-        self.impl = make_strategy(self.settings.parallelism, kill_grace=self.settings.kill_grace)
+        self._server = compat.execution_api_url(getattr(self, "conf", None))  # Airflow 2 has no ExecutorConf
+        self.impl = make_strategy(
+            self.settings.parallelism,
+            kill_grace=self.settings.kill_grace,
+            worker_init=compat.dispose_inherited_db_pool,
+        )
         self.impl.start()
         self.log.info(
             "forklift started: %s, parallelism %d, run mode %s",
@@ -83,11 +90,22 @@ class LocalExecutor(BaseExecutor):
             # The slot stays taken until the result is read: this is the scheduler's backpressure.
             self.running.add(key)
             try:
-                job = compat.workload_to_job(workload, mode=self.settings.run_mode, server=self._server)
-                impl.submit(job)
+                impl.submit(compat.workload_to_job(workload, mode=self.settings.run_mode, server=self._server))
             except Exception as exc:
-                self.log.exception("forklift could not dispatch %s", key)
-                self._report(Result(key, FAILED, f"forklift could not dispatch it: {type(exc).__name__}: {exc}"))
+                self._refuse(key, exc)
+
+    # -- dispatch (Airflow 2) --------------------------------------------------------------
+    def execute_async(self, key: Any, command: Any, queue: str | None = None, executor_config: Any = None) -> None:
+        impl = self._require_started()
+        try:
+            impl.submit(compat.command_to_job(key, command, mode=self.settings.run_mode))
+        except Exception as exc:
+            self._refuse(key, exc)
+
+    def _refuse(self, key: Any, exc: Exception) -> None:
+        reason = str(exc) if isinstance(exc, compat.CommandRejected) else f"forklift could not dispatch it: {type(exc).__name__}: {exc}"
+        self.log.error("forklift: %s not run: %s", key, reason)
+        self._refused.append(Result(key, FAILED, reason))
 
     def _unqueue(self, key: Any) -> None:
         for queued in (self.queued_tasks, self.queued_callbacks, self.queued_connection_tests):
@@ -96,6 +114,9 @@ class LocalExecutor(BaseExecutor):
 
     # -- results ---------------------------------------------------------------------------
     def sync(self) -> None:
+        refused, self._refused = self._refused, []
+        for result in refused:
+            self._report(result)
         if self.impl is None:
             return
         for result in self.impl.poll():

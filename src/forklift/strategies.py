@@ -21,7 +21,7 @@ import os
 import queue
 import signal
 import time
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from multiprocessing.managers import SyncManager
 from typing import Any
@@ -54,8 +54,10 @@ def _manager_init() -> None:
 class _Strategy:
     """What both strategies share: the Manager, the result queue, and dispatch bookkeeping."""
 
-    def __init__(self, *, kill_grace: float = 5.0) -> None:
+    def __init__(self, *, kill_grace: float = 5.0, worker_init: Callable[[], None] | None = None) -> None:
         self.kill_grace = kill_grace
+        #: Runs first in every worker (the adapter's after-fork hygiene; the engine knows no Airflow).
+        self.worker_init = worker_init
         self.manager: SyncManager | None = None
         self.result_queue: Any = None
         self._dispatched: dict[Hashable, _Dispatch] = {}
@@ -281,12 +283,12 @@ class _Strategy:
 class UnlimitedParallelism(_Strategy):
     """One ``LocalWorker`` process per job, started at once; it exits once it has reported."""
 
-    def __init__(self, *, kill_grace: float = 5.0) -> None:
-        super().__init__(kill_grace=kill_grace)
+    def __init__(self, *, kill_grace: float = 5.0, worker_init: Callable[[], None] | None = None) -> None:
+        super().__init__(kill_grace=kill_grace, worker_init=worker_init)
         self._procs: dict[int, LocalWorker] = {}
 
     def _accept(self, job: Job) -> None:
-        worker = LocalWorker(self.result_queue, job)
+        worker = LocalWorker(self.result_queue, job, init=self.worker_init)
         worker.start()
         assert worker.pid is not None
         self._procs[worker.pid] = worker
@@ -307,10 +309,12 @@ class LimitedParallelism(_Strategy):
     free, so a queued job never sits behind a busy worker and can still be withdrawn.
     """
 
-    def __init__(self, parallelism: int, *, kill_grace: float = 5.0) -> None:
+    def __init__(
+        self, parallelism: int, *, kill_grace: float = 5.0, worker_init: Callable[[], None] | None = None
+    ) -> None:
         if parallelism <= 0:
             raise ValueError(f"LimitedParallelism needs parallelism >= 1, got {parallelism!r}; use UnlimitedParallelism for 0.")
-        super().__init__(kill_grace=kill_grace)
+        super().__init__(kill_grace=kill_grace, worker_init=worker_init)
         self.parallelism = parallelism
         self.task_queue: Any = None
         self._pool: dict[int, QueuedLocalWorker] = {}
@@ -334,7 +338,7 @@ class LimitedParallelism(_Strategy):
             gc.unfreeze()
 
     def _spawn(self) -> None:
-        worker = QueuedLocalWorker(self.task_queue, self.result_queue, index=len(self._pool))
+        worker = QueuedLocalWorker(self.task_queue, self.result_queue, index=len(self._pool), init=self.worker_init)
         worker.start()
         assert worker.pid is not None
         self._pool[worker.pid] = worker
@@ -391,15 +395,17 @@ class LimitedParallelism(_Strategy):
         return set(self._pending_keys)
 
 
-def make_strategy(parallelism: int, *, kill_grace: float = 5.0) -> _Strategy:
+def make_strategy(
+    parallelism: int, *, kill_grace: float = 5.0, worker_init: Callable[[], None] | None = None
+) -> _Strategy:
     """``0`` → :class:`UnlimitedParallelism`; ``N > 0`` → :class:`LimitedParallelism` with N workers."""
     if isinstance(parallelism, bool) or not isinstance(parallelism, int) or parallelism < 0:
         raise ValueError(
             f"parallelism={parallelism!r} is invalid: use 0 (one process per task) or a positive number of workers."
         )
     if parallelism == 0:
-        return UnlimitedParallelism(kill_grace=kill_grace)
-    return LimitedParallelism(parallelism, kill_grace=kill_grace)
+        return UnlimitedParallelism(kill_grace=kill_grace, worker_init=worker_init)
+    return LimitedParallelism(parallelism, kill_grace=kill_grace, worker_init=worker_init)
 
 
 def _close_dead(worker: _Worker) -> None:

@@ -14,6 +14,7 @@ import logging
 import multiprocessing
 import os
 import signal
+from collections.abc import Callable
 from typing import Any
 
 from forklift.jobs import FAILED, RUNNING, Job, Result
@@ -34,14 +35,20 @@ class ResultChannelClosed(Exception):
 
 
 class _Worker(_FORK.Process):  # type: ignore[name-defined,misc]
-    def __init__(self, result_queue: Any, *, name: str | None = None) -> None:
+    def __init__(self, result_queue: Any, *, name: str | None = None, init: Callable[[], None] | None = None) -> None:
         super().__init__(name=name, daemon=True)
         self.result_queue = result_queue
+        self.init = init
 
     def run(self) -> None:
         # Ctrl-C in a terminal reaches the whole foreground process group; the scheduler decides
         # how its executor shuts down, so a worker must not die of it on its own.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if self.init is not None:
+            try:
+                self.init()
+            except Exception:  # hygiene that failed must not cost the pool a worker
+                log.exception("forklift worker %d: worker initializer failed; continuing", os.getpid())
         try:
             self.do_work()
         except ResultChannelClosed:
@@ -72,8 +79,8 @@ class _Worker(_FORK.Process):  # type: ignore[name-defined,misc]
 class LocalWorker(_Worker):
     """Runs exactly one job, reports, and exits (``UnlimitedParallelism``)."""
 
-    def __init__(self, result_queue: Any, job: Job) -> None:
-        super().__init__(result_queue, name=f"forklift-LocalWorker[{job.title}]")
+    def __init__(self, result_queue: Any, job: Job, *, init: Callable[[], None] | None = None) -> None:
+        super().__init__(result_queue, name=f"forklift-LocalWorker[{job.title}]", init=init)
         self.job = job
 
     def do_work(self) -> None:
@@ -83,8 +90,10 @@ class LocalWorker(_Worker):
 class QueuedLocalWorker(_Worker):
     """Takes jobs from ``task_queue`` until it reads the poison pill ``None`` (``LimitedParallelism``)."""
 
-    def __init__(self, task_queue: Any, result_queue: Any, *, index: int = 0) -> None:
-        super().__init__(result_queue, name=f"forklift-QueuedLocalWorker-{index}")
+    def __init__(
+        self, task_queue: Any, result_queue: Any, *, index: int = 0, init: Callable[[], None] | None = None
+    ) -> None:
+        super().__init__(result_queue, name=f"forklift-QueuedLocalWorker-{index}", init=init)
         self.task_queue = task_queue
 
     def do_work(self) -> None:

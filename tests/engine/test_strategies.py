@@ -11,7 +11,7 @@ from pathlib import Path
 import jobfns
 import psutil
 import pytest
-from conftest import descendants, wait_for_file, wait_for_results
+from helpers import descendants, wait_for_file, wait_for_results
 
 from forklift.jobs import FAILED, RUNNING, SUCCESS, Command, ForkCall, Job
 from forklift.strategies import LimitedParallelism, UnlimitedParallelism, _Strategy, make_strategy

@@ -5,12 +5,16 @@ Final task states come from the metadata DB; concurrency comes from the tasks' o
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import psutil
 import pytest
-from conftest import peak_concurrency
 
 from forklift.testing.measure import peak_overlap
 from forklift.testing.stack import AirflowStack
+
+pytestmark = pytest.mark.integration
 
 DAG_ID = "forklift_matrix"
 SPAN_TASKS = 20
@@ -60,6 +64,12 @@ def test_dag_matrix(stack: AirflowStack, tmp_path, parallelism: int, mode: str) 
     assert exit_code == 0, stack.log_tail("scheduler")
     alive = [p for p in scheduler_tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not alive, [p.cmdline() for p in alive]
+
+
+def peak_concurrency(spans_dir: Path) -> int:
+    """How many tasks ran at once, from the start/end times the tasks recorded themselves."""
+    spans = [json.loads(path.read_text()) for path in spans_dir.glob("*.json")]
+    return peak_overlap((span["start"], span["end"]) for span in spans)
 
 
 def _scheduler_tree(stack: AirflowStack) -> list[psutil.Process]:

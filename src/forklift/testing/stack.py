@@ -36,6 +36,13 @@ class StackError(RuntimeError):
     """An Airflow component failed to start or to do what was asked; the message has its log tail."""
 
 
+def airflow_major() -> int:
+    """The Airflow line installed next to this interpreter (the one the stack's processes run)."""
+    from importlib.metadata import version
+
+    return int(version("apache-airflow").split(".")[0])
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -92,6 +99,7 @@ class AirflowStack:
         self.log_dir = self.home / "component-logs"
         self.log_dir.mkdir(exist_ok=True)
         base_url = f"http://127.0.0.1:{self.api_port}"
+        self.major = airflow_major()
         self.env: dict[str, str] = {
             k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__") and k != "AIRFLOW_HOME"
         }
@@ -103,24 +111,33 @@ class AirflowStack:
                 "AIRFLOW__CORE__EXECUTOR": "forklift.LocalExecutor",
                 "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.sql_alchemy_conn,
-                "AIRFLOW__API__BASE_URL": base_url,
-                "AIRFLOW__API__PORT": str(self.api_port),
-                "AIRFLOW__API__HOST": "127.0.0.1",
-                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{base_url}/execution/",
-                # Every component must sign and check task tokens with the same secret.
-                "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
-                "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(32),
                 "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
                 "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
-                "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
-                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
                 "PYTHONUNBUFFERED": "1",
+                # As in a real deployment, the `airflow` next to this interpreter is on PATH
+                # (Airflow 2's subprocess mode runs the `airflow tasks run` command as given).
+                "PATH": os.pathsep.join([str(Path(self.python).parent), os.environ.get("PATH", "")]),
             }
         )
+        if self.major >= 3:
+            self.env.update(self._airflow3_env(base_url))
         if env:
             self.env.update(env)
         self._components: dict[str, _Component] = {}
         self._started_pids: set[int] = set()
+
+    def _airflow3_env(self, base_url: str) -> dict[str, str]:
+        return {
+            "AIRFLOW__API__BASE_URL": base_url,
+            "AIRFLOW__API__PORT": str(self.api_port),
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{base_url}/execution/",
+            # Every component must sign and check task tokens with the same secret.
+            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
+            "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(32),
+            "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+        }
 
     # -- running the airflow CLI ---------------------------------------------------------------
     def airflow(self, *args: str, timeout: float = 180, env: Mapping[str, str] | None = None) -> str:
@@ -163,7 +180,14 @@ class AirflowStack:
         self._started_pids.add(proc.pid)
 
     def start_services(self) -> None:
-        """api-server and dag-processor; wait until the API answers."""
+        """Airflow 3: api-server and dag-processor, and wait until the API answers.
+
+        Airflow 2 has neither (its scheduler parses DAGs); its DAGs are serialized into the DB once
+        here, so a run can be triggered before any scheduler starts.
+        """
+        if self.major < 3:
+            self.airflow("dags", "reserialize", timeout=300)
+            return
         self.start_component("api-server", "api-server", "--port", str(self.api_port), "--host", "127.0.0.1")
         self.start_component("dag-processor", "dag-processor")
         self.wait_for_http(f"http://127.0.0.1:{self.api_port}/api/v2/monitor/health", component="api-server")

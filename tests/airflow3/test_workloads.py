@@ -11,6 +11,8 @@ import pytest
 
 from forklift.testing.stack import AirflowStack
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture
 def scheduler(stack: AirflowStack) -> Iterator[AirflowStack]:

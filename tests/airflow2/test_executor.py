@@ -1,0 +1,127 @@
+"""The Airflow 2 adapter without a scheduler: commands are validated, run, and always answered."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from airflow.models.taskinstancekey import TaskInstanceKey
+from airflow.utils.state import TaskInstanceState
+
+import forklift
+from forklift import airflow_compat as compat
+from forklift.jobs import Command, ForkCall
+from forklift.settings import RunMode
+from forklift.strategies import LimitedParallelism, UnlimitedParallelism
+
+
+def key(task: str = "t") -> TaskInstanceKey:
+    return TaskInstanceKey("d", task, "r", 1, -1)
+
+
+def dispatch(ex: forklift.LocalExecutor, k: TaskInstanceKey, command: list) -> None:
+    """What Airflow 2's BaseExecutor._process_tasks does around execute_async."""
+    ex.execute_async(key=k, command=command)
+    ex.running.add(k)
+
+
+def wait_for_events(ex: forklift.LocalExecutor, keys: list[TaskInstanceKey], timeout: float = 120) -> dict:
+    """Sync until every key has left ``running``; return their events (the buffer is read once)."""
+    deadline = time.monotonic() + timeout
+    while any(k in ex.running for k in keys) and time.monotonic() < deadline:
+        ex.sync()
+        time.sleep(0.05)
+    return ex.get_event_buffer()
+
+
+def wait_for_event(ex: forklift.LocalExecutor, k: TaskInstanceKey, timeout: float = 120):
+    return wait_for_events(ex, [k], timeout)[k]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["bash", "-c", "touch {marker}"], ["airflow", "dags", "delete", "d"], "airflow tasks run d t r", [], ["airflow", "tasks"]],
+)
+def test_only_airflow_tasks_run_is_accepted(tmp_path: Path, command) -> None:  # noqa: ANN001
+    marker = tmp_path / "ran"
+    if isinstance(command, list):
+        command = [part.format(marker=marker) for part in command]
+    ex = forklift.LocalExecutor(parallelism=1)
+    ex.start()
+    try:
+        dispatch(ex, key(), command)
+        state, info = wait_for_event(ex, key())
+    finally:
+        ex.end()
+    assert state == TaskInstanceState.FAILED
+    assert "forklift runs only ['airflow', 'tasks', 'run', …] commands" in info
+    assert not marker.exists(), "a refused command must never run"
+    assert not ex.running
+
+
+def test_command_to_job_by_mode() -> None:
+    cmd = ["airflow", "tasks", "run", "my_dag", "my_task", "run_1", "--local", "--subdir", "DAGS_FOLDER/x.py"]
+    fork = compat.command_to_job(key(), cmd, mode=RunMode.FORK)
+    sub = compat.command_to_job(key(), cmd, mode=RunMode.SUBPROCESS)
+    assert isinstance(fork.runnable, ForkCall) and fork.runnable.func is compat.run_command_in_child
+    assert isinstance(sub.runnable, Command) and list(sub.runnable.argv) == cmd
+    assert fork.env == {compat.PARSING_CONTEXT_DAG_ID: "my_dag", compat.PARSING_CONTEXT_TASK_ID: "my_task"}
+
+
+def test_missing_airflow_executable_fails_the_task_not_the_worker(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Airflow 2.11's own LocalExecutor loses every worker here and the DAG run hangs forever."""
+    monkeypatch.setenv("PATH", str(tmp_path))  # no `airflow` anywhere
+    monkeypatch.setenv("AIRFLOW__FORKLIFT__RUN_MODE", "subprocess")
+    ex = forklift.LocalExecutor(parallelism=2)
+    ex.start()
+    try:
+        assert isinstance(ex.impl, LimitedParallelism)
+        workers = set(ex.impl.worker_pids())
+        for name in ("a", "b", "c"):
+            dispatch(ex, key(name), ["airflow", "tasks", "run", "d", name, "r"])
+        events = wait_for_events(ex, [key(n) for n in ("a", "b", "c")], timeout=30)
+        assert set(ex.impl.worker_pids()) == workers, "workers must survive"
+    finally:
+        ex.end()
+    for state, info in events.values():
+        assert state == TaskInstanceState.FAILED
+        assert info == "could not start 'airflow': No such file or directory"
+
+
+def test_fork_mode_runs_the_cli_in_process_and_reports_its_failure() -> None:
+    ex = forklift.LocalExecutor(parallelism=1)
+    ex.start()
+    try:
+        # A well-formed command for a DAG that does not exist: Airflow's CLI runs, and fails.
+        dispatch(ex, key(), ["airflow", "tasks", "run", "no_such_dag", "t", "r", "--local"])
+        state, info = wait_for_event(ex, key())
+    finally:
+        ex.end()
+    assert state == TaskInstanceState.FAILED
+    assert info.startswith("exited with code ")
+
+
+def test_parallelism_zero_is_unlimited_on_airflow_2(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW__CORE__PARALLELISM", "0")
+    ex = forklift.LocalExecutor()
+    assert ex.parallelism == 0 and ex.settings.unlimited
+    ex.start()
+    try:
+        assert isinstance(ex.impl, UnlimitedParallelism)
+    finally:
+        ex.end()
+
+
+def test_airflow_2_refuses_sqlite_for_forklift_as_for_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow.exceptions import AirflowConfigException
+    from airflow.executors import executor_loader
+    from airflow.executors.executor_loader import ExecutorLoader
+
+    monkeypatch.setenv("AIRFLOW__CORE__EXECUTOR", "forklift.LocalExecutor")
+    for name, value in vars(executor_loader).items():
+        if name.startswith("_") and not name.startswith("__") and isinstance(value, (dict, list)):
+            value.clear()
+    ExecutorLoader.validate_database_executor_compatibility.cache_clear()
+    with pytest.raises(AirflowConfigException, match="cannot use SQLite with the LocalExecutor"):
+        ExecutorLoader.load_executor("forklift.LocalExecutor")
