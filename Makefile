@@ -1,41 +1,59 @@
 # forklift: `make demo` and `make test` are all a fresh machine needs.
 SHELL := /bin/bash
 PYTHON ?= python3
-VENV3 ?= .venv-airflow3
-PY3 := $(VENV3)/bin/python
 PYTEST_ARGS ?=
+# Which Airflow line `make demo` uses: 3 (Airflow 3.3, SQLite) or 2 (Airflow 2.11, a private PostgreSQL).
+AIRFLOW_LINE ?= 3
 
-.PHONY: demo test test-unit test-integration venv lock-airflow3 clean
+VENV3 := .venv-airflow3
+VENV2 := .venv-airflow2
+PY3 := $(VENV3)/bin/python
+PY2 := $(VENV2)/bin/python
+DEMO_PY := $(if $(filter 2,$(AIRFLOW_LINE)),$(PY2),$(PY3))
+
+.PHONY: demo test test-airflow3 test-airflow2 venv venv2 lock-airflow3 lock-airflow2 clean
 
 venv: $(VENV3)/.installed
+venv2: $(VENV2)/.installed
 
-# The Airflow 3.3 environment: exact pins from requirements/, then forklift itself (editable).
-$(VENV3)/.installed: requirements/airflow-3.3.txt pyproject.toml
+# Each line's environment: exact pins from requirements/, then forklift itself (editable).
+define make_venv
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "forklift needs Python >= 3.10, found " + sys.version.split()[0]'
-	$(PYTHON) -m venv $(VENV3)
-	$(PY3) -m pip install --quiet -r requirements/airflow-3.3.txt
-	$(PY3) -m pip install --quiet --no-deps -e .
-	touch $@
+	$(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install --quiet -r $(2)
+	$(1)/bin/python -m pip install --quiet --no-deps -e .
+	touch $(1)/.installed
+endef
 
-demo: venv
-	$(PY3) examples/demo.py $(if $(COMPARE),--compare) $(if $(PARALLELISM),--parallelism $(PARALLELISM)) $(if $(RUN_MODE),--run-mode $(RUN_MODE))
+$(VENV3)/.installed: requirements/airflow-3.3.txt pyproject.toml
+	$(call make_venv,$(VENV3),requirements/airflow-3.3.txt)
 
-test: venv
-	$(PY3) -m pytest $(PYTEST_ARGS)
+$(VENV2)/.installed: requirements/airflow-2.11.txt pyproject.toml
+	$(call make_venv,$(VENV2),requirements/airflow-2.11.txt)
 
-test-unit: venv
-	$(PY3) -m pytest -m "not integration" $(PYTEST_ARGS)
+demo: $(if $(filter 2,$(AIRFLOW_LINE)),venv2,venv)
+	$(DEMO_PY) examples/demo.py $(if $(COMPARE),--compare) $(if $(PARALLELISM),--parallelism $(PARALLELISM)) $(if $(RUN_MODE),--run-mode $(RUN_MODE))
 
-test-integration: venv
-	$(PY3) -m pytest -m integration $(PYTEST_ARGS)
+# The whole suite: the engine once, then the adapter and the real-Airflow tests on each line.
+test: test-airflow3 test-airflow2
 
-# Re-pin the Airflow 3 environment from what pip resolves today.
+test-airflow3: venv
+	$(PY3) -m pytest tests/engine tests/adapter tests/airflow3 tests/integration $(PYTEST_ARGS)
+
+test-airflow2: venv2
+	$(PY2) -m pytest tests/adapter tests/airflow2 tests/integration $(PYTEST_ARGS)
+
+# Re-pin a line's environment from what pip resolves today.
 lock-airflow3:
+	$(MAKE) _lock LINE=3.3 SPEC='apache-airflow==3.3.*'
+lock-airflow2:
+	$(MAKE) _lock LINE=2.11 SPEC='apache-airflow[postgres]==2.11.*'
+_lock:
 	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
-	.venv-lock/bin/pip install --quiet "apache-airflow==3.3.*" pytest pytest-timeout
-	(echo "# The Airflow 3.3 test/demo environment, pinned (Airflow's constraints files are not reachable here)."; \
-	 echo "# Regenerate: make lock-airflow3"; .venv-lock/bin/pip freeze) > requirements/airflow-3.3.txt
+	.venv-lock/bin/pip install --quiet "$(SPEC)" pytest pytest-timeout
+	(echo "# The Airflow $(LINE) test/demo environment, pinned (Airflow's constraints files are not reachable here)."; \
+	 echo "# Regenerate: make lock-airflow$(firstword $(subst ., ,$(LINE)))"; .venv-lock/bin/pip freeze) > requirements/airflow-$(LINE).txt
 	rm -rf .venv-lock
 
 clean:
-	rm -rf $(VENV3) .pytest_cache build src/*.egg-info
+	rm -rf $(VENV3) $(VENV2) .pytest_cache build src/*.egg-info

@@ -1,7 +1,7 @@
 """Run the demo DAG through a real Airflow scheduler using forklift, and print what happened.
 
-Starts ``airflow db migrate``, ``api-server``, ``dag-processor`` and ``scheduler`` (Airflow 3, SQLite)
-in a temporary AIRFLOW_HOME, triggers ``forklift_demo``, prints one row per task and the totals,
+Starts ``airflow db migrate``, ``api-server``, ``dag-processor`` and ``scheduler`` (Airflow 3, SQLite;
+on Airflow 2, a private PostgreSQL and the scheduler) in a temporary AIRFLOW_HOME, triggers ``forklift_demo``, prints one row per task and the totals,
 and stops everything it started. ``--compare`` runs the same DAG through Airflow's own
 LocalExecutor afterwards, on the same deployment, and prints both totals side by side.
 """
@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 from forklift.testing.measure import percentile
-from forklift.testing.stack import AirflowStack, TaskRow
+from forklift.testing.postgres import PostgresServer
+from forklift.testing.stack import AirflowStack, TaskRow, airflow_major
 
 DAG_ID = "forklift_demo"
 DAGS = Path(__file__).resolve().parent / "dags"
@@ -27,9 +28,11 @@ def run_once(stack: AirflowStack, executor: str, parallelism: int, mode: str, ru
         "AIRFLOW__CORE__EXECUTOR": executor,
         "AIRFLOW__FORKLIFT__PARALLELISM": str(parallelism),
         "AIRFLOW__FORKLIFT__RUN_MODE": mode,
+        # Airflow's own LocalExecutor picks its mode from here (on Airflow 2).
+        "AIRFLOW__CORE__EXECUTE_TASKS_NEW_PYTHON_INTERPRETER": str(mode == "subprocess"),
     }
-    if executor == "LocalExecutor":  # Airflow's own reads [core] parallelism
-        env["AIRFLOW__CORE__PARALLELISM"] = str(parallelism or 32)
+    if executor == "LocalExecutor":  # Airflow's own reads [core] parallelism (Airflow 3 refuses 0)
+        env["AIRFLOW__CORE__PARALLELISM"] = str(parallelism or (32 if stack.major >= 3 else 0))
     stack.start_scheduler(env)
     try:
         stack.trigger(DAG_ID, run_id)
@@ -86,23 +89,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"AIRFLOW_HOME={home}  (api-server, dag-processor and scheduler logs in {home / 'component-logs'})", flush=True)
     columns: dict[str, dict[str, str]] = {}
     t0 = time.monotonic()
-    with AirflowStack(home, DAGS) as stack:
-        print("migrating the metadata DB (SQLite) …", flush=True)
-        stack.migrate()
-        print("starting api-server and dag-processor …", flush=True)
-        stack.start_services()
-        stack.wait_for_dag(DAG_ID)
-        label = f"forklift p={args.parallelism} {args.run_mode}"
-        print(f"running {DAG_ID} through forklift.LocalExecutor ({label}) …", flush=True)
-        rows, wall = run_once(stack, "forklift.LocalExecutor", args.parallelism, args.run_mode, "demo_forklift")
-        print()
-        print_tasks(rows)
-        columns[label] = totals(rows, wall)
-        if args.compare:
-            upstream = f"Airflow LocalExecutor p={args.parallelism or 32}"
-            print(f"\nrunning {DAG_ID} through Airflow's own LocalExecutor ({upstream}) …", flush=True)
-            rows_up, wall_up = run_once(stack, "LocalExecutor", args.parallelism, args.run_mode, "demo_upstream")
-            columns[upstream] = totals(rows_up, wall_up)
+    database = None
+    if airflow_major() < 3:  # Airflow 2 refuses SQLite with any parallel executor
+        print("starting a private PostgreSQL …", flush=True)
+        database = PostgresServer()
+        database.start()
+    try:
+        run_demo(args, home, columns, database.url if database else None)
+    finally:
+        if database is not None:
+            database.stop()
     print()
     print_totals(columns)
     print(f"\n(demo took {time.monotonic() - t0:.0f} s; everything it started has been stopped)")
@@ -112,6 +108,28 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(home, ignore_errors=True)
     failed = [c for c in columns.values() if c["failed"] != "0"]
     return 1 if failed else 0
+
+
+def run_demo(args: argparse.Namespace, home: Path, columns: dict[str, dict[str, str]], db_url: str | None) -> None:
+    import airflow
+
+    with AirflowStack(home, DAGS, sql_alchemy_conn=db_url) as stack:
+        print(f"Airflow {airflow.__version__}: migrating the metadata DB ({'PostgreSQL' if db_url else 'SQLite'}) …", flush=True)
+        stack.migrate()
+        print("starting api-server and dag-processor …" if stack.major >= 3 else "serializing DAGs …", flush=True)
+        stack.start_services()
+        stack.wait_for_dag(DAG_ID)
+        label = f"forklift p={args.parallelism} {args.run_mode}"
+        print(f"running {DAG_ID} through forklift.LocalExecutor ({label}) …", flush=True)
+        rows, wall = run_once(stack, "forklift.LocalExecutor", args.parallelism, args.run_mode, "demo_forklift")
+        print()
+        print_tasks(rows)
+        columns[label] = totals(rows, wall)
+        if args.compare:
+            upstream = f"Airflow LocalExecutor p={args.parallelism or (32 if stack.major >= 3 else 0)}"
+            print(f"\nrunning {DAG_ID} through Airflow's own LocalExecutor ({upstream}) …", flush=True)
+            rows_up, wall_up = run_once(stack, "LocalExecutor", args.parallelism, args.run_mode, "demo_upstream")
+            columns[upstream] = totals(rows_up, wall_up)
 
 
 if __name__ == "__main__":
