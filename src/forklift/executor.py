@@ -16,6 +16,7 @@ from airflow.executors.base_executor import BaseExecutor
 from forklift import airflow_compat as compat
 from forklift.jobs import FAILED, RUNNING, SUCCESS, Result
 from forklift.settings import Settings, load_settings
+from forklift.shutdown import SecondSignal
 from forklift.strategies import _Strategy, make_strategy
 
 if TYPE_CHECKING:
@@ -71,6 +72,8 @@ class LocalExecutor(BaseExecutor):
             self.settings.parallelism,
             kill_grace=self.settings.kill_grace,
             worker_init=compat.dispose_inherited_db_pool,
+            max_tasks_per_child=self.settings.max_tasks_per_child,
+            max_memory_per_child=self.settings.max_memory_per_child,
         )
         self.impl.start()
         self.log.info(
@@ -119,8 +122,33 @@ class LocalExecutor(BaseExecutor):
             self._report(result)
         if self.impl is None:
             return
-        for result in self.impl.poll():
+        try:
+            results = self.impl.poll()
+        except Exception:  # the scheduler loop must go on; the engine heals itself on the next poll
+            self.log.exception("forklift: reading results failed; will try again on the next heartbeat")
+            return
+        for result in results:
             self._report(result)
+
+    # -- stuck in queued ([scheduler] task_queued_timeout) ----------------------------------
+    def revoke_task(self, *, ti: Any) -> None:
+        """Forget ``ti``: withdraw it if it has not started, stop its process group if it has.
+
+        The scheduler then sets it back to scheduled (or fails it), so no event is reported for it.
+        """
+        key: Any = ti.key
+        self._unqueue(key)
+        outcome = self.impl.revoke(key) if self.impl is not None else "unknown"
+        self.running.discard(key)
+        self._outcome_states.pop(key, None)
+        self.event_buffer.pop(key, None)
+        self.log.info("forklift: revoked %s (%s)", key, outcome)
+
+    def cleanup_stuck_queued_tasks(self, tis: list[Any]) -> list[str]:
+        """Airflow 2's older name for the same job: revoke each and say which."""
+        for ti in tis:
+            self.revoke_task(ti=ti)
+        return [repr(ti) for ti in tis]
 
     def _report(self, result: Result) -> None:
         if result.state == RUNNING:
@@ -148,7 +176,9 @@ class LocalExecutor(BaseExecutor):
             self.settings.shutdown_timeout,
         )
         impl, self.impl = self.impl, None
-        for result in impl.end(self.settings.shutdown_timeout):
+        with SecondSignal() as second:
+            results = impl.end(self.settings.shutdown_timeout, escalate=second.arrived)
+        for result in results:
             self._report(result)
 
     def terminate(self) -> None:

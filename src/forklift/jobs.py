@@ -16,6 +16,8 @@ from typing import Any, NamedTuple, Union
 RUNNING = "running"
 SUCCESS = "success"
 FAILED = "failed"
+#: Not about a job: a QueuedLocalWorker says it is leaving to be replaced (``info`` says why).
+RECYCLED = "recycled"
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,10 @@ class Job:
     priority: int = 0
     #: Extra environment for the task process (e.g. Airflow's DAG-parsing context).
     env: Mapping[str, str] = field(default_factory=dict)
+    #: Hard limit in seconds from the task's start; past it the worker stops the task's process
+    #: group (SIGTERM, then SIGKILL after ``kill_grace``) and reports FAILED "timed out".
+    timeout: float | None = None
+    kill_grace: float = 5.0
 
 
 class Result(NamedTuple):

@@ -11,8 +11,10 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import select
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 
 from forklift.jobs import FAILED, SUCCESS, Command, ForkCall, Job, describe_exit
@@ -28,22 +30,27 @@ _RESET_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2, signal.SIGCHLD)
 
 
 def run_job(job: Job, on_started: OnStarted) -> tuple[str, str]:
-    """Run ``job`` to completion; return ``(state, reason)``."""
+    """Run ``job`` to completion, or until its ``timeout``; return ``(state, reason)``."""
     if isinstance(job.runnable, ForkCall):
-        status = _run_forked(job, job.runnable, on_started)
+        status, stopped_by = _run_forked(job, job.runnable, on_started)
     elif isinstance(job.runnable, Command):
         try:
-            status = _run_subprocess(job, job.runnable, on_started)
+            status, stopped_by = _run_subprocess(job, job.runnable, on_started)
         except OSError as exc:  # e.g. the executable is missing: a FAILED task, never a dead worker
             return FAILED, f"could not start {job.runnable.argv[0]!r}: {exc.strerror or exc}"
     else:
         return FAILED, f"unknown runnable {type(job.runnable).__name__}; expected ForkCall or Command"
+    if stopped_by is not None:
+        return FAILED, (
+            f"timed out: still running {job.timeout:g} s after it started; forklift stopped its process "
+            f"group with {stopped_by.name} ({describe_exit(status)})"
+        )
     if status == 0:
         return SUCCESS, describe_exit(status)
     return FAILED, describe_exit(status)
 
 
-def _run_forked(job: Job, call: ForkCall, on_started: OnStarted) -> int:
+def _run_forked(job: Job, call: ForkCall, on_started: OnStarted) -> tuple[int, signal.Signals | None]:
     pid = os.fork()
     if pid == 0:  # the task's process
         code = 1
@@ -65,8 +72,9 @@ def _run_forked(job: Job, call: ForkCall, on_started: OnStarted) -> int:
             finally:
                 os._exit(code)
     on_started(pid)
+    stopped_by = _enforce_deadline(pid, job)
     _, wait_status = _waitpid_retrying(pid)
-    return os.waitstatus_to_exitcode(wait_status)
+    return os.waitstatus_to_exitcode(wait_status), stopped_by
 
 
 def _become_task_process(job: Job) -> None:
@@ -88,7 +96,7 @@ def _reset_signals() -> None:
         signal.signal(sig, signal.SIG_DFL)
 
 
-def _run_subprocess(job: Job, command: Command, on_started: OnStarted) -> int:
+def _run_subprocess(job: Job, command: Command, on_started: OnStarted) -> tuple[int, signal.Signals | None]:
     env = {**os.environ, **job.env}
     proc = subprocess.Popen(
         list(command.argv),
@@ -111,7 +119,61 @@ def _run_subprocess(job: Job, command: Command, on_started: OnStarted) -> int:
                 proc.stdin.close()
             except BrokenPipeError:
                 pass
-    return proc.wait()
+    stopped_by = _enforce_deadline(proc.pid, job)
+    return proc.wait(), stopped_by
+
+
+def _enforce_deadline(pid: int, job: Job) -> signal.Signals | None:
+    """Wait until the child ``pid`` exits or ``job.timeout`` passes; past it, TERM then KILL its group.
+
+    Returns the signal that stopped it, or None if it ended by itself. The child is not reaped here.
+    """
+    if job.timeout is None:
+        return None
+    if _wait_exit(pid, job.timeout):
+        return None
+    _killpg(pid, signal.SIGTERM)
+    if _wait_exit(pid, job.kill_grace):
+        return signal.SIGTERM
+    _killpg(pid, signal.SIGKILL)
+    return signal.SIGKILL
+
+
+def _wait_exit(pid: int, timeout: float) -> bool:
+    """True once child ``pid`` has exited (without reaping it), False if ``timeout`` passed first."""
+    deadline = time.monotonic() + timeout
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if pidfd_open is not None:
+        try:
+            fd = pidfd_open(pid)
+        except OSError:
+            fd = None
+        if fd is not None:
+            try:
+                while True:  # a pidfd turns readable when the process exits
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    if select.select([fd], [], [], remaining)[0]:
+                        return True
+            finally:
+                os.close(fd)
+    # No pidfd (not Linux, or an old kernel): look without reaping, a few times a second.
+    while time.monotonic() < deadline:
+        try:
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return True
+        except ChildProcessError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _killpg(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _waitpid_retrying(pid: int) -> tuple[int, int]:

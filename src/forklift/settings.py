@@ -39,6 +39,12 @@ class Settings:
     shutdown_timeout: float = 30.0
     #: How long a stopped task gets between SIGTERM and SIGKILL.
     kill_grace: float = 5.0
+    #: Replace a QueuedLocalWorker after this many tasks (0: never).
+    max_tasks_per_child: int = 0
+    #: Replace a QueuedLocalWorker whose RSS exceeds this many MiB between tasks (0: never).
+    max_memory_per_child: int = 0
+    #: Seconds past a task's execution_timeout before forklift stops it from outside (-1: never).
+    timeout_grace: float = 30.0
 
     @property
     def unlimited(self) -> bool:
@@ -147,9 +153,24 @@ def load_settings(lookup: Lookup, *, parallelism: int | None = None) -> Settings
             return default
         return parse_seconds(raw, section=SECTION, key=key, maximum=MAX_SECONDS)
 
+    def count(key: str, maximum: int) -> int:
+        raw = lookup(SECTION, key)
+        if raw is None:
+            return 0
+        return parse_int(raw, section=SECTION, key=key, minimum=0, maximum=maximum)
+
+    raw_grace = lookup(SECTION, "timeout_grace")
+    if raw_grace is not None and raw_grace.strip() == "-1":
+        timeout_grace = -1.0
+    else:
+        timeout_grace = seconds("timeout_grace", Settings.timeout_grace)
+
     return Settings(
         parallelism=parallelism,
         run_mode=run_mode,
         shutdown_timeout=seconds("shutdown_timeout", Settings.shutdown_timeout),
         kill_grace=seconds("kill_grace", Settings.kill_grace),
+        max_tasks_per_child=count("max_tasks_per_child", 1_000_000_000),
+        max_memory_per_child=count("max_memory_per_child", 1_048_576),  # 1 TiB, in MiB
+        timeout_grace=timeout_grace,
     )

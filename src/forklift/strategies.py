@@ -3,17 +3,24 @@
 A strategy owns every process forklift starts: a ``multiprocessing.Manager()`` server whose
 ``result_queue`` carries :class:`~forklift.jobs.Result` tuples back, and the workers. It knows
 nothing of Airflow: jobs go in through :meth:`submit`, results come out of :meth:`poll`, which never
-blocks. Both are called only from the executor's thread.
+blocks by default. Both are called only from the executor's thread.
 
 Bookkeeping is per dispatched job, so nothing is lost or double-counted:
 
 * a job is *pending* (held here, by priority) until a worker is free for it;
 * then *dispatched* until its SUCCESS/FAILED result is read, or its worker is found dead (FAILED,
-  with the worker's exit status as the reason).
+  with the worker's exit status as the reason);
+* a *revoked* job's process group is stopped and whatever it still reports is dropped.
+
+If the Manager process dies, the next :meth:`poll` starts a new one: jobs that had not started are
+handed to the new task queue, jobs whose worker can no longer report are FAILED once that worker
+has gone, and fresh workers replace the old.
 """
 
 from __future__ import annotations
 
+import collections
+import gc
 import heapq
 import itertools
 import logging
@@ -22,13 +29,14 @@ import queue
 import signal
 import time
 from collections.abc import Callable, Hashable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.managers import SyncManager
 from typing import Any
 
 import psutil
 
-from forklift.jobs import FAILED, RUNNING, Job, Result, describe_exit
+from forklift.jobs import FAILED, RECYCLED, RUNNING, Job, Result, describe_exit
+from forklift.lifeline import die_with_parent
 from forklift.proctitle import set_title
 from forklift.workers import _FORK, LocalWorker, QueuedLocalWorker, _Worker
 
@@ -36,6 +44,12 @@ log = logging.getLogger(__name__)
 
 #: How long a blocking read of the result queue may wait while ``end()`` is waiting for workers.
 _END_POLL_SECONDS = 0.05
+#: A job handed to the task queue that no worker has started after this long, with the queue
+#: empty, was taken by a worker that died before it could say so: it is FAILED, not waited for.
+CLAIM_TIMEOUT = 60.0
+
+#: Errors that mean "the Manager process (and so the queue) is gone".
+_CHANNEL_ERRORS = (EOFError, OSError, ConnectionError)
 
 
 @dataclass
@@ -43,11 +57,14 @@ class _Dispatch:
     job: Job
     worker_pid: int | None = None  # known once the worker says RUNNING (Limited) or at spawn (Unlimited)
     task_pid: int | None = None  # leads the task's process group
+    handed_at: float = field(default_factory=time.monotonic)
 
 
 def _manager_init() -> None:
-    # The manager serves the result queue until end(); a terminal's Ctrl-C must not kill it early.
+    # The manager serves the result queue until end(); a terminal's Ctrl-C must not kill it early,
+    # but it must not outlive the scheduler either.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent(signal.SIGKILL)
     set_title("airflow executor -- forklift: result queue manager")
 
 
@@ -60,7 +77,13 @@ class _Strategy:
         self.worker_init = worker_init
         self.manager: SyncManager | None = None
         self.result_queue: Any = None
+        #: What happened, for metrics: worker_deaths, recycles, timeouts, revokes, channel_restarts.
+        self.counters: collections.Counter[str] = collections.Counter()
         self._dispatched: dict[Hashable, _Dispatch] = {}
+        self._revoked: set[Hashable] = set()
+        self._kill_at: dict[int, float] = {}  # process group → when SIGKILL follows the SIGTERM
+        self._recycled: set[int] = set()  # worker pids that left on purpose
+        self._stale: set[int] = set()  # worker pids bound to a Manager that died
         self._started = False
         self._ending = False
 
@@ -68,16 +91,22 @@ class _Strategy:
     def start(self) -> None:
         if self._started:
             raise RuntimeError(f"{type(self).__name__} was already started; create a new one.")
+        self._open_channel()
+        self._started = True
+
+    def _open_channel(self) -> None:
         self.manager = SyncManager(ctx=_FORK)
         self.manager.start(initializer=_manager_init)
         self.result_queue = self.manager.Queue()
-        self._started = True
 
     def submit(self, job: Job) -> None:
         if not self._started or self._ending:
-            raise RuntimeError(f"{type(self).__name__} is not accepting work (started={self._started}, ending={self._ending}).")
+            raise RuntimeError(
+                f"{type(self).__name__} is not accepting work (started={self._started}, ending={self._ending})."
+            )
         if job.key in self._dispatched or self._is_pending(job.key):
             raise ValueError(f"job {job.key!r} is already queued or running in forklift; not running it twice.")
+        self._revoked.discard(job.key)
         self._accept(job)
 
     def poll(self, timeout: float = 0.0) -> list[Result]:
@@ -87,19 +116,53 @@ class _Strategy:
         long for the first result, for callers that have nothing else to do.
         """
         dead = self._dead_workers()
-        results = self._drain(block_for=timeout)
+        try:
+            results = self._drain(block_for=timeout)
+        except _CHANNEL_ERRORS as exc:
+            results = []
+            self._restore_channel(exc)
         results.extend(self._fail_lost(dead))
+        results.extend(self._fail_unclaimed())
+        self._escalate_kills()
         self._after_poll(dead)
         return results
 
-    def end(self, timeout: float) -> list[Result]:
-        """Stop taking work, let running jobs finish for up to ``timeout`` s, stop the rest."""
+    def revoke(self, key: Hashable) -> str:
+        """Withdraw ``key`` if it has not started, stop its process group if it has.
+
+        Returns ``"withdrawn"``, ``"stopped"`` or ``"unknown"``. Nothing more is reported for it.
+        """
+        if self._withdraw(key):
+            self.counters["revokes"] += 1
+            return "withdrawn"
+        dispatch = self._dispatched.pop(key, None)
+        if dispatch is None:
+            return "unknown"
+        self.counters["revokes"] += 1
+        self._revoked.add(key)
+        if dispatch.task_pid:
+            self._stop_group(dispatch.task_pid)
+            return "stopped"
+        return "withdrawn"  # handed to a worker but not started: stopped the moment it says RUNNING
+
+    def end(self, timeout: float, escalate: Callable[[], bool] = lambda: False) -> list[Result]:
+        """Stop taking work, let running jobs finish for up to ``timeout`` s, stop the rest.
+
+        ``escalate`` is asked while waiting; once it says True the waiting stops (a second signal).
+        """
         self._ending = True
         results = self._withdraw_pending()
-        self._ask_workers_to_stop()
+        try:
+            self._ask_workers_to_stop()
+        except _CHANNEL_ERRORS as exc:
+            log.warning("forklift: could not hand workers their stop message (%s); stopping them.", exc)
+            timeout = 0
         deadline = time.monotonic() + timeout
-        while self._live_workers() and time.monotonic() < deadline:
-            results.extend(self._drain(block_for=_END_POLL_SECONDS))
+        while self._live_workers() and time.monotonic() < deadline and not escalate():
+            try:
+                results.extend(self._drain(block_for=_END_POLL_SECONDS))
+            except _CHANNEL_ERRORS:
+                break
         results.extend(self.poll_final())
         if self._live_workers() or self._dispatched:
             log.warning(
@@ -112,7 +175,10 @@ class _Strategy:
 
     def poll_final(self) -> list[Result]:
         dead = self._dead_workers()
-        results = self._drain()
+        try:
+            results = self._drain()
+        except _CHANNEL_ERRORS:
+            results = []
         results.extend(self._fail_lost(dead))
         return results
 
@@ -121,30 +187,32 @@ class _Strategy:
         and each worker; then shut the manager down. Returns FAILED results for unfinished jobs."""
         self._ending = True
         results = self._withdraw_pending()
-        groups = [d.task_pid for d in self._dispatched.values() if d.task_pid]
+        groups = [d.task_pid for d in self._dispatched.values() if d.task_pid] + list(self._kill_at)
         workers = list(self._workers())
         # Workers are our children: multiprocessing reaps them. Only their descendants are
         # waited for through psutil (which would otherwise reap the workers behind join()'s back).
-        others = self._descendants(workers)
+        tasks = self._descendants(workers)
+        # 1. Tasks first, gently: each task's whole process group gets SIGTERM and kill_grace to go.
         for pgid in groups:
             _signal_group(pgid, signal.SIGTERM)
-        for proc in others:
+        for proc in tasks:
             _signal_proc(proc, signal.SIGTERM)
+        _, alive = psutil.wait_procs(tasks, timeout=self.kill_grace)
+        for pgid in groups:
+            _signal_group(pgid, signal.SIGKILL)
+        for proc in alive:
+            _signal_proc(proc, signal.SIGKILL)
+        psutil.wait_procs(alive, timeout=self.kill_grace)
+        self._kill_at.clear()
+        # 2. Then the workers (a worker's SIGTERM handler also kills whatever task it still has).
         for worker in workers:
             if worker.is_alive():
                 worker.terminate()
         deadline = time.monotonic() + self.kill_grace
         for worker in workers:
             worker.join(timeout=max(0.0, deadline - time.monotonic()))
-        _, alive = psutil.wait_procs(others, timeout=max(0.0, deadline - time.monotonic()))
-        for pgid in groups:
-            _signal_group(pgid, signal.SIGKILL)
-        for proc in alive:
-            _signal_proc(proc, signal.SIGKILL)
-        for worker in workers:
             if worker.is_alive():
                 worker.kill()
-        psutil.wait_procs(alive, timeout=self.kill_grace)
         self._reap_workers()
         if self.result_queue is not None and self.manager is not None:
             try:
@@ -152,7 +220,9 @@ class _Strategy:
             except Exception as exc:  # the manager may be gone already; nothing more to read then
                 log.debug("forklift: could not read final results: %s", exc)
         for key, dispatch in list(self._dispatched.items()):
-            results.append(Result(key, FAILED, "stopped by forklift at shutdown before it finished", dispatch.worker_pid or 0))
+            results.append(
+                Result(key, FAILED, "stopped by forklift at shutdown before it finished", dispatch.worker_pid or 0)
+            )
             del self._dispatched[key]
         self._shutdown_manager()
         return results
@@ -165,11 +235,19 @@ class _Strategy:
     def worker_pids(self) -> list[int]:
         return [w.pid for w in self._workers() if w.pid is not None and w.is_alive()]
 
+    @property
+    def manager_pid(self) -> int | None:
+        process = getattr(self.manager, "_process", None)
+        return process.pid if process is not None else None
+
     # -- hooks for the two strategies -------------------------------------------------------
     def _accept(self, job: Job) -> None:
         raise NotImplementedError
 
     def _is_pending(self, key: Hashable) -> bool:
+        return False
+
+    def _withdraw(self, key: Hashable) -> bool:
         return False
 
     def _withdraw_pending(self) -> list[Result]:
@@ -186,6 +264,12 @@ class _Strategy:
 
     def _forget_worker(self, worker: _Worker) -> None:
         raise NotImplementedError
+
+    def _fail_unclaimed(self) -> list[Result]:
+        return []
+
+    def _reopen_queues(self) -> None:
+        pass
 
     # -- shared machinery -------------------------------------------------------------------
     def _live_workers(self) -> list[_Worker]:
@@ -215,7 +299,18 @@ class _Strategy:
         return out
 
     def _record(self, result: Result) -> bool:
-        """Update bookkeeping; False for a result that belongs to no job of ours (late or foreign)."""
+        """Update bookkeeping; False for a result that is not to be passed on."""
+        if result.state == RECYCLED:
+            self._recycled.add(result.worker_pid)
+            self.counters["recycles"] += 1
+            log.info("forklift: worker %d is being replaced: %s", result.worker_pid, result.info)
+            return False
+        if result.key in self._revoked:
+            if result.state == RUNNING and result.info:
+                self._stop_group(result.info)  # revoked before it started: stop it now
+            else:
+                self._revoked.discard(result.key)
+            return False
         dispatch = self._dispatched.get(result.key)
         if dispatch is None:
             log.warning("forklift: ignoring a result for %r, which is not running here: %s", result.key, result.state)
@@ -232,6 +327,8 @@ class _Strategy:
             dispatch.worker_pid = result.worker_pid
             dispatch.task_pid = result.info
         else:
+            if isinstance(result.info, str) and result.info.startswith("timed out"):
+                self.counters["timeouts"] += 1
             del self._dispatched[result.key]
         return True
 
@@ -240,17 +337,58 @@ class _Strategy:
         out: list[Result] = []
         for worker in dead:
             status = worker.exitcode if worker.exitcode is not None else -signal.SIGKILL
+            if worker.pid not in self._recycled:
+                self.counters["worker_deaths"] += 1
             for key, dispatch in list(self._dispatched.items()):
                 if dispatch.worker_pid == worker.pid:
                     if dispatch.task_pid:
                         _signal_group(dispatch.task_pid, signal.SIGKILL)  # it has lost its supervisor
-                    reason = f"forklift worker pid {worker.pid} {describe_exit(status)} while running it"
+                    if worker.pid in self._stale:
+                        reason = (
+                            f"its result was lost with forklift's result-queue manager (worker pid {worker.pid} "
+                            f"{describe_exit(status)} once it could not report)"
+                        )
+                    else:
+                        reason = f"forklift worker pid {worker.pid} {describe_exit(status)} while running it"
                     log.error("forklift: %s: %s", dispatch.job.title or key, reason)
                     out.append(Result(key, FAILED, reason, worker.pid or 0))
                     del self._dispatched[key]
             self._forget_worker(worker)
+            self._recycled.discard(worker.pid or 0)
+            self._stale.discard(worker.pid or 0)
             _close_dead(worker)
         return out
+
+    def _restore_channel(self, exc: BaseException) -> None:
+        """The Manager died: open a new channel; old workers leave once they find theirs gone."""
+        old_pid = self.manager_pid
+        self.counters["channel_restarts"] += 1
+        log.error(
+            "forklift: the result-queue manager (pid %s) is gone (%s: %s); starting a new one.",
+            old_pid,
+            type(exc).__name__,
+            exc,
+        )
+        self._stale.update(w.pid for w in self._workers() if w.pid is not None)
+        old = self.manager
+        self._open_channel()
+        self._reopen_queues()
+        if old is not None:
+            try:
+                old.shutdown()
+            except Exception as shutdown_exc:  # it is dead already; this only tidies up
+                log.debug("forklift: old manager shutdown: %s", shutdown_exc)
+
+    def _stop_group(self, pgid: int) -> None:
+        _signal_group(pgid, signal.SIGTERM)
+        self._kill_at[pgid] = time.monotonic() + self.kill_grace
+
+    def _escalate_kills(self) -> None:
+        now = time.monotonic()
+        for pgid, when in list(self._kill_at.items()):
+            if now >= when:
+                _signal_group(pgid, signal.SIGKILL)
+                del self._kill_at[pgid]
 
     @staticmethod
     def _descendants(workers: list[_Worker]) -> list[psutil.Process]:
@@ -310,24 +448,31 @@ class LimitedParallelism(_Strategy):
     """
 
     def __init__(
-        self, parallelism: int, *, kill_grace: float = 5.0, worker_init: Callable[[], None] | None = None
+        self,
+        parallelism: int,
+        *,
+        kill_grace: float = 5.0,
+        worker_init: Callable[[], None] | None = None,
+        max_tasks_per_child: int = 0,
+        max_memory_per_child: int = 0,
     ) -> None:
         if parallelism <= 0:
-            raise ValueError(f"LimitedParallelism needs parallelism >= 1, got {parallelism!r}; use UnlimitedParallelism for 0.")
+            raise ValueError(
+                f"LimitedParallelism needs parallelism >= 1, got {parallelism!r}; use UnlimitedParallelism for 0."
+            )
         super().__init__(kill_grace=kill_grace, worker_init=worker_init)
         self.parallelism = parallelism
+        self.max_tasks_per_child = max_tasks_per_child
+        self.max_memory_per_child = max_memory_per_child
         self.task_queue: Any = None
         self._pool: dict[int, QueuedLocalWorker] = {}
         self._pending: list[tuple[int, int, Job]] = []
         self._pending_keys: set[Hashable] = set()
         self._seq = itertools.count()
+        self._index = itertools.count()
 
     def start(self) -> None:
         super().start()
-        assert self.manager is not None
-        self.task_queue = self.manager.Queue()
-        import gc
-
         # Objects the GC never touches stay shared copy-on-write with every worker (Airflow #58365).
         gc.collect()
         gc.freeze()
@@ -337,8 +482,27 @@ class LimitedParallelism(_Strategy):
         finally:
             gc.unfreeze()
 
+    def _open_channel(self) -> None:
+        super()._open_channel()
+        assert self.manager is not None
+        self.task_queue = self.manager.Queue()
+
+    def _reopen_queues(self) -> None:
+        # Jobs handed to the dead queue that no worker had started go to the new one.
+        for dispatch in self._dispatched.values():
+            if dispatch.worker_pid is None:
+                dispatch.handed_at = time.monotonic()
+                self.task_queue.put(dispatch.job)
+
     def _spawn(self) -> None:
-        worker = QueuedLocalWorker(self.task_queue, self.result_queue, index=len(self._pool), init=self.worker_init)
+        worker = QueuedLocalWorker(
+            self.task_queue,
+            self.result_queue,
+            index=next(self._index),
+            init=self.worker_init,
+            max_tasks=self.max_tasks_per_child,
+            max_rss_mib=self.max_memory_per_child,
+        )
         worker.start()
         assert worker.pid is not None
         self._pool[worker.pid] = worker
@@ -351,12 +515,48 @@ class LimitedParallelism(_Strategy):
     def _is_pending(self, key: Hashable) -> bool:
         return key in self._pending_keys
 
+    def _withdraw(self, key: Hashable) -> bool:
+        if key not in self._pending_keys:
+            return False
+        self._pending = [item for item in self._pending if item[2].key != key]
+        heapq.heapify(self._pending)
+        self._pending_keys.discard(key)
+        return True
+
+    def _fresh_workers(self) -> int:
+        return sum(1 for pid, w in self._pool.items() if pid not in self._stale and w.is_alive())
+
     def _feed(self) -> None:
         while self._pending and len(self._dispatched) < self.parallelism and not self._ending:
             _, _, job = heapq.heappop(self._pending)
             self._pending_keys.discard(job.key)
             self._dispatched[job.key] = _Dispatch(job)
-            self.task_queue.put(job)
+            try:
+                self.task_queue.put(job)
+            except _CHANNEL_ERRORS as exc:
+                self._restore_channel(exc)  # re-queues this job with the others not yet started
+
+    def _fail_unclaimed(self) -> list[Result]:
+        now = time.monotonic()
+        overdue = [
+            (key, d)
+            for key, d in self._dispatched.items()
+            if d.worker_pid is None and now - d.handed_at > CLAIM_TIMEOUT
+        ]
+        if not overdue:
+            return []
+        try:
+            if self.task_queue.qsize() > 0:
+                return []  # still queued: workers are busy or being replaced, not lost
+        except _CHANNEL_ERRORS:
+            return []
+        out = []
+        for key, dispatch in overdue:
+            reason = f"lost before it started: no worker reported starting it within {CLAIM_TIMEOUT:g} s"
+            log.error("forklift: %s: %s", dispatch.job.title or key, reason)
+            out.append(Result(key, FAILED, reason, 0))
+            del self._dispatched[key]
+        return out
 
     def _withdraw_pending(self) -> list[Result]:
         results = [
@@ -377,14 +577,21 @@ class LimitedParallelism(_Strategy):
     def _after_poll(self, dead: list[_Worker]) -> None:
         if not self._ending:
             for worker in dead:
+                if worker.pid in self._recycled or worker.pid in self._stale:
+                    continue
                 log.error(
                     "forklift: worker pid %s %s; starting a replacement.",
                     worker.pid,
                     describe_exit(worker.exitcode if worker.exitcode is not None else -signal.SIGKILL),
                 )
-            while len(self._pool) < self.parallelism:
+            # Workers bound to a dead Manager still count until they leave; only fresh ones are
+            # fed, so start enough fresh ones to serve the full parallelism now.
+            while self._fresh_workers() < self.parallelism:
                 self._spawn()
-        self._feed()
+        try:
+            self._feed()
+        except _CHANNEL_ERRORS as exc:
+            self._restore_channel(exc)
 
     def _ask_workers_to_stop(self) -> None:
         for _ in self._live_workers():
@@ -396,7 +603,12 @@ class LimitedParallelism(_Strategy):
 
 
 def make_strategy(
-    parallelism: int, *, kill_grace: float = 5.0, worker_init: Callable[[], None] | None = None
+    parallelism: int,
+    *,
+    kill_grace: float = 5.0,
+    worker_init: Callable[[], None] | None = None,
+    max_tasks_per_child: int = 0,
+    max_memory_per_child: int = 0,
 ) -> _Strategy:
     """``0`` → :class:`UnlimitedParallelism`; ``N > 0`` → :class:`LimitedParallelism` with N workers."""
     if isinstance(parallelism, bool) or not isinstance(parallelism, int) or parallelism < 0:
@@ -405,7 +617,13 @@ def make_strategy(
         )
     if parallelism == 0:
         return UnlimitedParallelism(kill_grace=kill_grace, worker_init=worker_init)
-    return LimitedParallelism(parallelism, kill_grace=kill_grace, worker_init=worker_init)
+    return LimitedParallelism(
+        parallelism,
+        kill_grace=kill_grace,
+        worker_init=worker_init,
+        max_tasks_per_child=max_tasks_per_child,
+        max_memory_per_child=max_memory_per_child,
+    )
 
 
 def _close_dead(worker: _Worker) -> None:

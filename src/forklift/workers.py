@@ -17,7 +17,8 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
-from forklift.jobs import FAILED, RUNNING, Job, Result
+from forklift.jobs import FAILED, RECYCLED, RUNNING, Job, Result
+from forklift.lifeline import die_with_parent
 from forklift.proctitle import set_title
 from forklift.runners import run_job
 
@@ -39,11 +40,16 @@ class _Worker(_FORK.Process):  # type: ignore[name-defined,misc]
         super().__init__(name=name, daemon=True)
         self.result_queue = result_queue
         self.init = init
+        self._task_pgid: int | None = None  # the process group of the task running now
 
     def run(self) -> None:
         # Ctrl-C in a terminal reaches the whole foreground process group; the scheduler decides
         # how its executor shuts down, so a worker must not die of it on its own.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # SIGTERM (from terminate(), or from the kernel when the scheduler dies, however it dies):
+        # take the running task's whole process group down too, so nothing is orphaned.
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        die_with_parent(signal.SIGTERM)
         if self.init is not None:
             try:
                 self.init()
@@ -57,6 +63,18 @@ class _Worker(_FORK.Process):  # type: ignore[name-defined,misc]
     def do_work(self) -> None:
         raise NotImplementedError
 
+    def _on_sigterm(self, signum: int, frame: object) -> None:
+        if self._task_pgid:
+            try:
+                os.killpg(self._task_pgid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        os._exit(128 + signum)
+
+    def _started(self, job: Job, pid: int) -> None:
+        self._task_pgid = pid
+        self._report(Result(job.key, RUNNING, pid, os.getpid()))
+
     def _report(self, result: Result) -> None:
         try:
             self.result_queue.put(result)
@@ -67,12 +85,14 @@ class _Worker(_FORK.Process):  # type: ignore[name-defined,misc]
         set_title(f"{TITLE_PREFIX}: {job.title}")
         me = os.getpid()
         try:
-            state, reason = run_job(job, lambda pid: self._report(Result(job.key, RUNNING, pid, me)))
+            state, reason = run_job(job, lambda pid: self._started(job, pid))
         except ResultChannelClosed:
             raise
         except Exception as exc:  # the worker must survive anything one job does
             log.exception("forklift worker %d could not run %s", me, job.title or job.key)
             state, reason = FAILED, f"forklift worker {me} could not run it: {type(exc).__name__}: {exc}"
+        finally:
+            self._task_pgid = None
         self._report(Result(job.key, state, reason, me))
 
 
@@ -88,15 +108,29 @@ class LocalWorker(_Worker):
 
 
 class QueuedLocalWorker(_Worker):
-    """Takes jobs from ``task_queue`` until it reads the poison pill ``None`` (``LimitedParallelism``)."""
+    """Takes jobs from ``task_queue`` until it reads the poison pill ``None`` (``LimitedParallelism``).
+
+    With ``max_tasks`` or ``max_rss_mib`` set, it leaves between tasks once it has run that many or
+    grown that big (announcing it with a RECYCLED result), and the pool starts a fresh one.
+    """
 
     def __init__(
-        self, task_queue: Any, result_queue: Any, *, index: int = 0, init: Callable[[], None] | None = None
+        self,
+        task_queue: Any,
+        result_queue: Any,
+        *,
+        index: int = 0,
+        init: Callable[[], None] | None = None,
+        max_tasks: int = 0,
+        max_rss_mib: int = 0,
     ) -> None:
         super().__init__(result_queue, name=f"forklift-QueuedLocalWorker-{index}", init=init)
         self.task_queue = task_queue
+        self.max_tasks = max_tasks
+        self.max_rss_mib = max_rss_mib
 
     def do_work(self) -> None:
+        done = 0
         while True:
             set_title(f"{TITLE_PREFIX}: <idle>")
             try:
@@ -107,3 +141,19 @@ class QueuedLocalWorker(_Worker):
             if job is None:  # poison pill
                 return
             self.execute(job)
+            done += 1
+            reason = self._recycle_reason(done)
+            if reason:
+                self._report(Result(None, RECYCLED, reason, os.getpid()))
+                return
+
+    def _recycle_reason(self, done: int) -> str | None:
+        if self.max_tasks and done >= self.max_tasks:
+            return f"ran {done} tasks ([forklift] max_tasks_per_child = {self.max_tasks})"
+        if self.max_rss_mib:
+            import psutil
+
+            rss_mib = psutil.Process().memory_info().rss / 2**20
+            if rss_mib > self.max_rss_mib:
+                return f"RSS {rss_mib:.0f} MiB is over [forklift] max_memory_per_child = {self.max_rss_mib} MiB"
+        return None
