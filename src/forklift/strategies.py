@@ -337,8 +337,14 @@ class _Strategy:
         out: list[Result] = []
         for worker in dead:
             status = worker.exitcode if worker.exitcode is not None else -signal.SIGKILL
-            if worker.pid not in self._recycled:
+            held_work = any(d.worker_pid == worker.pid for d in self._dispatched.values())
+            # A LocalWorker leaves once it has reported: only leaving with its job unreported is a death.
+            expected = worker.pid in self._recycled or worker.pid in self._stale or not held_work and isinstance(
+                worker, LocalWorker
+            )
+            if not expected and not self._ending:
                 self.counters["worker_deaths"] += 1
+                log.error("forklift: worker pid %s %s; it will be replaced.", worker.pid, describe_exit(status))
             for key, dispatch in list(self._dispatched.items()):
                 if dispatch.worker_pid == worker.pid:
                     if dispatch.task_pid:
@@ -470,6 +476,7 @@ class LimitedParallelism(_Strategy):
         self._pending_keys: set[Hashable] = set()
         self._seq = itertools.count()
         self._index = itertools.count()
+        self._failed_now: list[Result] = []  # failed while being handed over; reported by poll()
 
     def start(self) -> None:
         super().start()
@@ -535,8 +542,17 @@ class LimitedParallelism(_Strategy):
                 self.task_queue.put(job)
             except _CHANNEL_ERRORS as exc:
                 self._restore_channel(exc)  # re-queues this job with the others not yet started
+            except Exception as exc:  # e.g. it cannot be pickled: that job fails, the rest go on
+                del self._dispatched[job.key]
+                reason = f"forklift could not hand it to a worker: {type(exc).__name__}: {exc}"
+                log.error("forklift: %s: %s", job.title or job.key, reason)
+                self._failed_now.append(Result(job.key, FAILED, reason, 0))
 
     def _fail_unclaimed(self) -> list[Result]:
+        out, self._failed_now = self._failed_now, []
+        return out + self._fail_overdue()
+
+    def _fail_overdue(self) -> list[Result]:
         now = time.monotonic()
         overdue = [
             (key, d)
@@ -576,14 +592,6 @@ class LimitedParallelism(_Strategy):
 
     def _after_poll(self, dead: list[_Worker]) -> None:
         if not self._ending:
-            for worker in dead:
-                if worker.pid in self._recycled or worker.pid in self._stale:
-                    continue
-                log.error(
-                    "forklift: worker pid %s %s; starting a replacement.",
-                    worker.pid,
-                    describe_exit(worker.exitcode if worker.exitcode is not None else -signal.SIGKILL),
-                )
             # Workers bound to a dead Manager still count until they leave; only fresh ones are
             # fed, so start enough fresh ones to serve the full parallelism now.
             while self._fresh_workers() < self.parallelism:

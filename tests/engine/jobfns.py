@@ -70,3 +70,19 @@ def hang_with_child(pidfile: str) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # only SIGKILL stops it: terminate() must escalate
     while True:
         time.sleep(60)
+
+
+def exit_hard(code: int) -> int:
+    """Leave mid-task without any cleanup, as a crashing C extension or os._exit would."""
+    os._exit(code)
+
+
+def hang(pidfile: str, ignore_term: bool) -> int:
+    """Record our pid and block forever; optionally shrug off SIGTERM."""
+    if ignore_term:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    tmp = pidfile + ".tmp"
+    Path(tmp).write_text(str(os.getpid()))
+    os.replace(tmp, pidfile)
+    while True:
+        time.sleep(60)

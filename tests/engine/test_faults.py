@@ -1,0 +1,295 @@
+"""Fault injection against the engine: every fault is real (signals, killed processes), and every
+job still gets exactly one result, no slot stays taken, and nothing is left running."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+import jobfns
+from helpers import descendants, wait_for_file, wait_for_results
+from forklift.jobs import FAILED, RUNNING, SUCCESS, ForkCall, Job
+from forklift.shutdown import SecondSignal
+from forklift.strategies import LimitedParallelism, UnlimitedParallelism, _Strategy, make_strategy
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def job(key: str, func, *args, **kw) -> Job:  # noqa: ANN001
+    return Job(key, ForkCall(func, args), title=key, **kw)
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def wait_gone(pids: list[int], timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not all(gone(p) for p in pids):
+        assert time.monotonic() < deadline, f"still alive after {timeout} s: {[p for p in pids if not gone(p)]}"
+        time.sleep(0.05)
+
+
+def running_pid(strategy: _Strategy, key: str) -> tuple[int, int]:
+    """Poll until ``key`` reports RUNNING; return (task pid, worker pid)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for r in strategy.poll(timeout=0.2):
+            if r.key == key and r.state == RUNNING:
+                return r.info, r.worker_pid
+    raise AssertionError(f"{key} never started")
+
+
+class TestDeadWorker:
+    @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSEGV])
+    def test_limited_worker_killed_mid_task(self, tmp_path: Path, sig: signal.Signals) -> None:
+        s = LimitedParallelism(2, kill_grace=1)
+        s.start()
+        try:
+            s.submit(job("victim", jobfns.hang, str(tmp_path / "pid"), False))
+            task_pid, worker_pid = running_pid(s, "victim")
+            os.kill(worker_pid, sig)
+            wait_gone([worker_pid])
+            # One poll (one heartbeat) is enough to see it, fail the task and free its slot.
+            results = [r for r in s.poll() if r.state != RUNNING]
+            assert [(r.key, r.state) for r in results] == [("victim", FAILED)]
+            assert f"forklift worker pid {worker_pid} killed by {sig.name}" in results[0].info
+            if sig == signal.SIGKILL:
+                assert "possibly out of memory" in results[0].info
+            assert s.running_keys == set()
+            wait_gone([task_pid])  # the orphaned task's process group was stopped too
+            assert len(s.worker_pids()) == 2 and worker_pid not in s.worker_pids()  # replaced
+            assert s.counters["worker_deaths"] == 1
+            s.submit(job("after", jobfns.ok))
+            assert wait_for_results(s, {"after"})["after"].state == SUCCESS
+        finally:
+            s.terminate()
+
+    def test_unlimited_worker_killed_mid_task(self, tmp_path: Path) -> None:
+        s = UnlimitedParallelism(kill_grace=1)
+        s.start()
+        try:
+            s.submit(job("victim", jobfns.hang, str(tmp_path / "pid"), False))
+            task_pid, worker_pid = running_pid(s, "victim")
+            os.kill(worker_pid, signal.SIGKILL)
+            wait_gone([worker_pid])
+            results = [r for r in s.poll() if r.state != RUNNING]
+            assert [(r.key, r.state) for r in results] == [("victim", FAILED)]
+            assert s.counters["worker_deaths"] == 1
+            wait_gone([task_pid])
+        finally:
+            s.terminate()
+
+    def test_queued_work_survives_a_worker_death(self, tmp_path: Path) -> None:
+        s = LimitedParallelism(1, kill_grace=1)
+        s.start()
+        try:
+            s.submit(job("victim", jobfns.hang, str(tmp_path / "pid"), False))
+            s.submit(job("waiting", jobfns.ok))
+            _, worker_pid = running_pid(s, "victim")
+            os.kill(worker_pid, signal.SIGKILL)
+            got = wait_for_results(s, {"victim", "waiting"})
+            assert got["victim"].state == FAILED and got["waiting"].state == SUCCESS
+        finally:
+            s.terminate()
+
+    def test_task_exits_hard_mid_task(self, strategy: _Strategy) -> None:
+        strategy.submit(job("exit", jobfns.exit_hard, 7))
+        assert wait_for_results(strategy, {"exit"})["exit"].info == "exited with code 7"
+
+
+class TestDeadManager:
+    def test_manager_killed_with_work_running_and_waiting(self, tmp_path: Path, fifo: Path) -> None:
+        s = LimitedParallelism(1, kill_grace=1)
+        s.start()
+        try:
+            s.submit(job("running", jobfns.wait_for_gate, str(fifo), str(tmp_path / "o"), "x"))
+            s.submit(job("waiting", jobfns.ok))
+            task_pid, worker_pid = running_pid(s, "running")
+            old_manager = s.manager_pid
+            assert old_manager is not None
+            os.kill(old_manager, signal.SIGKILL)
+            wait_gone([old_manager])
+            s.poll()  # must not raise: it notices and opens a new channel
+            assert s.manager_pid not in (None, old_manager)
+            assert s.counters["channel_restarts"] == 1
+            fifo.write_text("go")  # the running task ends, but its worker cannot report it
+            got = wait_for_results(s, {"running", "waiting"})
+            assert got["running"].state == FAILED and "lost with forklift's result-queue manager" in got["running"].info
+            assert got["waiting"].state == SUCCESS  # ran on a fresh worker
+            assert len(s.worker_pids()) == 1
+        finally:
+            s.terminate()
+
+    def test_unlimited_survives_a_dead_manager(self) -> None:
+        s = UnlimitedParallelism(kill_grace=1)
+        s.start()
+        try:
+            os.kill(s.manager_pid, signal.SIGKILL)  # type: ignore[arg-type]
+            wait_gone([s.manager_pid])  # type: ignore[list-item]
+            s.poll()
+            s.submit(job("after", jobfns.ok))
+            assert wait_for_results(s, {"after"})["after"].state == SUCCESS
+        finally:
+            s.terminate()
+
+
+class TestRevoke:
+    def test_waiting_job_is_withdrawn_and_never_runs(self, tmp_path: Path, fifo: Path) -> None:
+        out = tmp_path / "ran"
+        s = LimitedParallelism(1, kill_grace=1)
+        s.start()
+        try:
+            s.submit(job("blocker", jobfns.wait_for_gate, str(fifo), str(tmp_path / "o"), "x"))
+            s.submit(job("stuck", jobfns.append, str(out), "stuck ran"))
+            running_pid(s, "blocker")
+            assert s.revoke("stuck") == "withdrawn"
+            fifo.write_text("go")
+            got = wait_for_results(s, {"blocker"})
+            assert got["blocker"].state == SUCCESS
+            assert s.poll(timeout=0.3) == []
+            assert not out.exists()
+        finally:
+            s.terminate()
+
+    def test_running_job_is_stopped_and_reports_nothing(self, strategy: _Strategy, tmp_path: Path) -> None:
+        strategy.submit(job("stuck", jobfns.hang, str(tmp_path / "pid"), False))
+        task_pid, _ = running_pid(strategy, "stuck")
+        assert strategy.revoke("stuck") == "stopped"
+        assert strategy.running_keys == set()
+        wait_gone([task_pid])
+        assert [r for r in strategy.poll(timeout=0.5) if r.key == "stuck"] == []
+        assert strategy.revoke("stuck") == "unknown"
+
+
+class TestHardTimeout:
+    @pytest.mark.parametrize(("ignore_term", "stopped_by"), [(False, "SIGTERM"), (True, "SIGKILL")])
+    def test_parent_stops_a_task_past_its_deadline(self, strategy: _Strategy, tmp_path: Path, ignore_term: bool, stopped_by: str) -> None:
+        strategy.submit(job("slow", jobfns.hang, str(tmp_path / "pid"), ignore_term, timeout=0.5, kill_grace=0.5))
+        pid = int(wait_for_file(tmp_path / "pid"))
+        result = wait_for_results(strategy, {"slow"})["slow"]
+        assert result.state == FAILED
+        assert result.info.startswith("timed out: still running 0.5 s after it started")
+        assert f"with {stopped_by}" in result.info
+        wait_gone([pid])
+        assert strategy.counters["timeouts"] == 1
+
+    def test_a_task_within_its_deadline_is_untouched(self, strategy: _Strategy) -> None:
+        strategy.submit(job("quick", jobfns.ok, timeout=30))
+        assert wait_for_results(strategy, {"quick"})["quick"].state == SUCCESS
+
+
+class TestRecycling:
+    def test_max_tasks_per_child(self, tmp_path: Path) -> None:
+        s = LimitedParallelism(1, max_tasks_per_child=2)
+        s.start()
+        try:
+            keys = {f"j{i}" for i in range(5)}
+            for k in sorted(keys):
+                s.submit(job(k, jobfns.ok))
+            got = wait_for_results(s, keys)
+            assert all(r.state == SUCCESS for r in got.values())
+            assert len({r.worker_pid for r in got.values()}) == 3  # 2 + 2 + 1
+            assert s.counters["recycles"] >= 2 and s.counters["worker_deaths"] == 0
+        finally:
+            s.end(timeout=10)
+
+    def test_max_memory_per_child(self) -> None:
+        s = LimitedParallelism(1, max_memory_per_child=1)  # 1 MiB: every worker is over it
+        s.start()
+        try:
+            for k in ("a", "b"):
+                s.submit(job(k, jobfns.ok))
+            got = wait_for_results(s, {"a", "b"})
+            assert got["a"].worker_pid != got["b"].worker_pid
+        finally:
+            s.end(timeout=10)
+
+
+class TestShutdown:
+    def test_escalation_stops_waiting_at_once(self, tmp_path: Path) -> None:
+        s = LimitedParallelism(1, kill_grace=0.5)
+        s.start()
+        s.submit(job("long", jobfns.hang, str(tmp_path / "pid"), False))
+        running_pid(s, "long")
+        started = time.monotonic()
+        results = s.end(timeout=60, escalate=lambda: True)
+        assert time.monotonic() - started < 10
+        assert [(r.key, r.state) for r in results if r.state != RUNNING] == [("long", FAILED)]
+
+    def test_second_signal_is_noticed_not_fatal(self) -> None:
+        with SecondSignal() as second:
+            assert not second.arrived()
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert second.arrived()
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+    def test_workers_die_with_their_parent(self, tmp_path: Path) -> None:
+        """SIGKILL the process that owns the engine: its workers, tasks and manager follow it."""
+        pidfile = tmp_path / "pids"
+        script = textwrap.dedent(
+            f"""
+            import os, sys, time
+            sys.path[:0] = {sys.path!r}
+            import jobfns
+            from forklift.jobs import ForkCall, Job
+            from forklift.strategies import LimitedParallelism
+            s = LimitedParallelism(2)
+            s.start()
+            s.submit(Job("t", ForkCall(jobfns.hang_with_child, ({str(tmp_path / 'task')!r},))))
+            while not os.path.exists({str(tmp_path / 'task')!r}):
+                s.poll(timeout=0.1)
+            pids = s.worker_pids() + [s.manager_pid]
+            open({str(pidfile)!r} + ".tmp", "w").write(" ".join(map(str, pids)))
+            os.replace({str(pidfile)!r} + ".tmp", {str(pidfile)!r})
+            time.sleep(600)
+            """
+        )
+        owner = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).parent)
+        try:
+            pids = [int(p) for p in wait_for_file(pidfile, timeout=60).split()]
+            pids += [int(p) for p in (tmp_path / "task").read_text().split()]
+            owner.kill()
+            owner.wait(10)
+            wait_gone(pids, timeout=10)
+        finally:
+            owner.kill()
+            owner.wait(10)
+
+
+class TestBadInput:
+    def test_unpicklable_job_fails_alone(self) -> None:
+        s = LimitedParallelism(1)
+        s.start()
+        try:
+            s.submit(Job("bad", ForkCall(lambda: 0)))  # a lambda cannot cross to a worker
+            s.submit(job("good", jobfns.ok))
+            got = wait_for_results(s, {"bad", "good"})
+            assert got["bad"].state == FAILED and "could not hand it to a worker" in got["bad"].info
+            assert got["good"].state == SUCCESS
+            assert s.running_keys == set()
+        finally:
+            s.end(timeout=10)
+
+
+def test_manager_socket_is_private() -> None:
+    s = make_strategy(1)
+    s.start()
+    try:
+        address = Path(s.manager.address)  # type: ignore[union-attr,arg-type]
+        assert address.parent.stat().st_mode & 0o777 == 0o700
+    finally:
+        s.end(timeout=10)
+    pickle.dumps  # noqa: B018 - keep the import honest for readers: Jobs cross by pickle
