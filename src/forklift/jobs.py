@@ -75,6 +75,9 @@ class Result(NamedTuple):
     state: str
     info: Any = None
     worker_pid: int = 0
+    #: Which dispatch of ``key`` this is about, so a stale report (from a copy revoked and then
+    #: dispatched again under the same key) is never taken for the new one.
+    seq: int = 0
 
 
 def describe_exit(status: int) -> str:

@@ -52,9 +52,13 @@ CLAIM_TIMEOUT = 60.0
 _CHANNEL_ERRORS = (EOFError, OSError, ConnectionError)
 
 
+_SEQ = itertools.count(1)
+
+
 @dataclass
 class _Dispatch:
     job: Job
+    seq: int = field(default_factory=lambda: next(_SEQ))
     worker_pid: int | None = None  # known once the worker says RUNNING (Limited) or at spawn (Unlimited)
     task_pid: int | None = None  # leads the task's process group
     handed_at: float = field(default_factory=time.monotonic)
@@ -80,7 +84,7 @@ class _Strategy:
         #: What happened, for metrics: worker_deaths, recycles, timeouts, revokes, channel_restarts.
         self.counters: collections.Counter[str] = collections.Counter()
         self._dispatched: dict[Hashable, _Dispatch] = {}
-        self._revoked: set[Hashable] = set()
+        self._revoked: set[int] = set()  # seqs of revoked dispatches whose reports are dropped
         self._kill_at: dict[int, float] = {}  # process group → when SIGKILL follows the SIGTERM
         self._recycled: set[int] = set()  # worker pids that left on purpose
         self._stale: set[int] = set()  # worker pids bound to a Manager that died
@@ -106,7 +110,6 @@ class _Strategy:
             )
         if job.key in self._dispatched or self._is_pending(job.key):
             raise ValueError(f"job {job.key!r} is already queued or running in forklift; not running it twice.")
-        self._revoked.discard(job.key)
         self._accept(job)
 
     def poll(self, timeout: float = 0.0) -> list[Result]:
@@ -139,7 +142,7 @@ class _Strategy:
         if dispatch is None:
             return "unknown"
         self.counters["revokes"] += 1
-        self._revoked.add(key)
+        self._revoked.add(dispatch.seq)
         if dispatch.task_pid:
             self._stop_group(dispatch.task_pid)
             return "stopped"
@@ -305,14 +308,14 @@ class _Strategy:
             self.counters["recycles"] += 1
             log.info("forklift: worker %d is being replaced: %s", result.worker_pid, result.info)
             return False
-        if result.key in self._revoked:
+        if result.seq in self._revoked:
             if result.state == RUNNING and result.info:
                 self._stop_group(result.info)  # revoked before it started: stop it now
             else:
-                self._revoked.discard(result.key)
+                self._revoked.discard(result.seq)
             return False
         dispatch = self._dispatched.get(result.key)
-        if dispatch is None:
+        if dispatch is None or (result.seq and result.seq != dispatch.seq):
             log.warning("forklift: ignoring a result for %r, which is not running here: %s", result.key, result.state)
             return False
         if dispatch.worker_pid and result.worker_pid and dispatch.worker_pid != result.worker_pid:
@@ -357,7 +360,7 @@ class _Strategy:
                     else:
                         reason = f"forklift worker pid {worker.pid} {describe_exit(status)} while running it"
                     log.error("forklift: %s: %s", dispatch.job.title or key, reason)
-                    out.append(Result(key, FAILED, reason, worker.pid or 0))
+                    out.append(Result(key, FAILED, reason, worker.pid or 0, dispatch.seq))
                     del self._dispatched[key]
             self._forget_worker(worker)
             self._recycled.discard(worker.pid or 0)
@@ -432,11 +435,13 @@ class UnlimitedParallelism(_Strategy):
         self._procs: dict[int, LocalWorker] = {}
 
     def _accept(self, job: Job) -> None:
-        worker = LocalWorker(self.result_queue, job, init=self.worker_init)
+        dispatch = _Dispatch(job)
+        worker = LocalWorker(self.result_queue, job, dispatch.seq, init=self.worker_init)
         worker.start()
         assert worker.pid is not None
         self._procs[worker.pid] = worker
-        self._dispatched[job.key] = _Dispatch(job, worker_pid=worker.pid)
+        dispatch.worker_pid = worker.pid
+        self._dispatched[job.key] = dispatch
 
     def _workers(self) -> Iterable[_Worker]:
         return list(self._procs.values())
@@ -499,7 +504,7 @@ class LimitedParallelism(_Strategy):
         for dispatch in self._dispatched.values():
             if dispatch.worker_pid is None:
                 dispatch.handed_at = time.monotonic()
-                self.task_queue.put(dispatch.job)
+                self.task_queue.put((dispatch.seq, dispatch.job))
 
     def _spawn(self) -> None:
         worker = QueuedLocalWorker(
@@ -537,9 +542,9 @@ class LimitedParallelism(_Strategy):
         while self._pending and len(self._dispatched) < self.parallelism and not self._ending:
             _, _, job = heapq.heappop(self._pending)
             self._pending_keys.discard(job.key)
-            self._dispatched[job.key] = _Dispatch(job)
+            dispatch = self._dispatched[job.key] = _Dispatch(job)
             try:
-                self.task_queue.put(job)
+                self.task_queue.put((dispatch.seq, job))
             except _CHANNEL_ERRORS as exc:
                 self._restore_channel(exc)  # re-queues this job with the others not yet started
             except Exception as exc:  # e.g. it cannot be pickled: that job fails, the rest go on

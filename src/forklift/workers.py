@@ -71,9 +71,9 @@ class _Worker(_FORK.Process):  # type: ignore[name-defined,misc]
                 pass
         os._exit(128 + signum)
 
-    def _started(self, job: Job, pid: int) -> None:
+    def _started(self, job: Job, seq: int, pid: int) -> None:
         self._task_pgid = pid
-        self._report(Result(job.key, RUNNING, pid, os.getpid()))
+        self._report(Result(job.key, RUNNING, pid, os.getpid(), seq))
 
     def _report(self, result: Result) -> None:
         try:
@@ -81,11 +81,11 @@ class _Worker(_FORK.Process):  # type: ignore[name-defined,misc]
         except (EOFError, OSError) as exc:  # BrokenPipeError, ConnectionResetError, ...
             raise ResultChannelClosed(str(exc)) from exc
 
-    def execute(self, job: Job) -> None:
+    def execute(self, job: Job, seq: int) -> None:
         set_title(f"{TITLE_PREFIX}: {job.title}")
         me = os.getpid()
         try:
-            state, reason = run_job(job, lambda pid: self._started(job, pid))
+            state, reason = run_job(job, lambda pid: self._started(job, seq, pid))
         except ResultChannelClosed:
             raise
         except Exception as exc:  # the worker must survive anything one job does
@@ -93,22 +93,23 @@ class _Worker(_FORK.Process):  # type: ignore[name-defined,misc]
             state, reason = FAILED, f"forklift worker {me} could not run it: {type(exc).__name__}: {exc}"
         finally:
             self._task_pgid = None
-        self._report(Result(job.key, state, reason, me))
+        self._report(Result(job.key, state, reason, me, seq))
 
 
 class LocalWorker(_Worker):
     """Runs exactly one job, reports, and exits (``UnlimitedParallelism``)."""
 
-    def __init__(self, result_queue: Any, job: Job, *, init: Callable[[], None] | None = None) -> None:
+    def __init__(self, result_queue: Any, job: Job, seq: int = 0, *, init: Callable[[], None] | None = None) -> None:
         super().__init__(result_queue, name=f"forklift-LocalWorker[{job.title}]", init=init)
         self.job = job
+        self.seq = seq
 
     def do_work(self) -> None:
-        self.execute(self.job)
+        self.execute(self.job, self.seq)
 
 
 class QueuedLocalWorker(_Worker):
-    """Takes jobs from ``task_queue`` until it reads the poison pill ``None`` (``LimitedParallelism``).
+    """Takes ``(seq, job)`` items from ``task_queue`` until it reads the poison pill ``None`` (``LimitedParallelism``).
 
     With ``max_tasks`` or ``max_rss_mib`` set, it leaves between tasks once it has run that many or
     grown that big (announcing it with a RECYCLED result), and the pool starts a fresh one.
@@ -134,13 +135,14 @@ class QueuedLocalWorker(_Worker):
         while True:
             set_title(f"{TITLE_PREFIX}: <idle>")
             try:
-                job = self.task_queue.get()
+                item = self.task_queue.get()
             except (EOFError, OSError):
                 log.warning("forklift worker %d: the task queue is gone; stopping.", os.getpid())
                 return
-            if job is None:  # poison pill
+            if item is None:  # poison pill
                 return
-            self.execute(job)
+            seq, job = item
+            self.execute(job, seq)
             done += 1
             reason = self._recycle_reason(done)
             if reason:

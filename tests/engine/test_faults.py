@@ -174,6 +174,22 @@ class TestRevoke:
         assert strategy.revoke("stuck") == "unknown"
 
 
+    def test_revoked_then_dispatched_again_under_the_same_key(self, strategy: _Strategy, tmp_path: Path) -> None:
+        """The scheduler re-queues a revoked task with the same key: the old copy's late reports
+        (its kill) must not be taken for the new copy."""
+        strategy.submit(job("k", jobfns.hang, str(tmp_path / "pid"), True))
+        old_task, _ = running_pid(strategy, "k")
+        assert strategy.revoke("k") == "stopped"
+        strategy.submit(job("k", jobfns.ok))
+        got = wait_for_results(strategy, {"k"})
+        assert got["k"].state == SUCCESS, got["k"]
+        # The old copy ignores SIGTERM; the next heartbeats escalate to SIGKILL after kill_grace.
+        deadline = time.monotonic() + 15
+        while not gone(old_task) and time.monotonic() < deadline:
+            assert [r for r in strategy.poll(timeout=0.1) if r.state != RUNNING] == []
+        assert gone(old_task)
+
+
 class TestHardTimeout:
     @pytest.mark.parametrize(("ignore_term", "stopped_by"), [(False, "SIGTERM"), (True, "SIGKILL")])
     def test_parent_stops_a_task_past_its_deadline(self, strategy: _Strategy, tmp_path: Path, ignore_term: bool, stopped_by: str) -> None:
