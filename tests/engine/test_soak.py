@@ -1,0 +1,64 @@
+"""2,000 short jobs through each strategy: nothing lost, nothing duplicated, nothing growing."""
+
+from __future__ import annotations
+
+import psutil
+import pytest
+
+import jobfns
+from forklift.jobs import RUNNING, SUCCESS, ForkCall, Job
+from forklift.strategies import make_strategy
+
+JOBS = 2000
+WINDOW = 32  # what [core] parallelism would let the scheduler hand an unlimited executor at once
+
+
+def sample(parallelism: int, strategy) -> dict[str, float]:  # noqa: ANN001
+    me = psutil.Process()
+    tree = [me, *me.children(recursive=True)]
+    rss = 0
+    zombies = 0
+    for proc in tree:
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                zombies += 1
+            else:
+                rss += proc.memory_info().rss
+        except psutil.Error:
+            continue
+    return {"workers": len(strategy.worker_pids()), "fds": me.num_fds(), "rss_mib": rss / 2**20, "zombies": zombies}
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("parallelism", [0, 4], ids=["unlimited", "limited4"])
+def test_soak(parallelism: int) -> None:
+    s = make_strategy(parallelism)
+    s.start()
+    final: dict[str, str] = {}
+    samples: list[dict[str, float]] = []
+    submitted = 0
+    try:
+        while len(final) < JOBS:
+            while submitted < JOBS and (parallelism or len(s.running_keys) < WINDOW):
+                s.submit(Job(f"j{submitted}", ForkCall(jobfns.ok)))
+                submitted += 1
+            for result in s.poll(timeout=0.05):
+                if result.state == RUNNING:
+                    continue
+                assert result.key not in final, f"second result for {result.key}"
+                final[result.key] = result.state
+                if len(final) % 100 == 0:
+                    samples.append(sample(parallelism, s))
+    finally:
+        s.end(timeout=30)
+    assert len(final) == JOBS and set(final.values()) == {SUCCESS}
+    early, late = samples[2:6], samples[-4:]  # past warm-up vs the end
+    print(f"\nsoak parallelism={parallelism}: early={early[0]} late={late[-1]}")
+    if parallelism:
+        assert {s["workers"] for s in samples} == {parallelism}
+    else:
+        assert max(s["workers"] for s in samples) <= WINDOW
+    assert max(s["fds"] for s in late) <= max(s["fds"] for s in early) + 4
+    assert max(s["zombies"] for s in samples) <= WINDOW  # reaped every poll: never piling up
+    assert late[-1]["zombies"] <= 2 if parallelism else True
+    assert max(s["rss_mib"] for s in late) <= max(s["rss_mib"] for s in early) * 1.25 + 20
