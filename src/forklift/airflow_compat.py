@@ -9,6 +9,8 @@ The executor asks this module how to read configuration, what parallelism to han
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import sys
 from typing import TYPE_CHECKING, Any
@@ -22,6 +24,8 @@ from forklift.settings import ConfigError, Lookup, RunMode
 
 if TYPE_CHECKING:
     from airflow.executors.workloads import ExecutorWorkload
+
+log = logging.getLogger(__name__)
 
 AIRFLOW_V3 = Version(Version(AIRFLOW_VERSION).base_version) >= Version("3.0")
 
@@ -85,7 +89,9 @@ def execution_api_url(executor_conf: Any) -> str:
     return get_execution_api_server_url(executor_conf)
 
 
-def workload_to_job(workload: ExecutorWorkload, *, mode: RunMode, server: str) -> Job:
+def workload_to_job(
+    workload: ExecutorWorkload, *, mode: RunMode, server: str, timeout: float | None = None, kill_grace: float = 5.0
+) -> Job:
     """An Airflow 3 workload (task, callback or connection test) as an engine job."""
     from airflow.executors.workloads import ExecuteTask
 
@@ -111,7 +117,9 @@ def workload_to_job(workload: ExecutorWorkload, *, mode: RunMode, server: str) -
         )
         # execute_workload resolves the API server from config; hand it the (team-aware) one we use.
         env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = server
-    return Job(key=workload.key, runnable=runnable, title=title, priority=priority, env=env)
+    return Job(
+        key=workload.key, runnable=runnable, title=title, priority=priority, env=env, timeout=timeout, kill_grace=kill_grace
+    )
 
 
 def dispose_inherited_db_pool() -> None:
@@ -125,6 +133,76 @@ def dispose_inherited_db_pool() -> None:
     for engine in (getattr(settings, "engine", None), getattr(getattr(settings, "async_engine", None), "sync_engine", None)):
         if engine is not None:
             engine.dispose(close=False)
+
+
+class ExecutionTimeouts:
+    """Each task's ``execution_timeout`` (seconds, or None), read from its serialized DAG.
+
+    forklift enforces ``execution_timeout + [forklift] timeout_grace`` from outside the task, where
+    Airflow's in-task alarm cannot reach (a blocking C call, SIGALRM ignored). The serialized DAG is
+    read once per DAG version (Airflow 3) or DAG hash (Airflow 2); a lookup that fails never blocks
+    a dispatch, the task just runs without forklift's outer limit.
+    """
+
+    def __init__(self) -> None:
+        self._cache: dict[Any, dict[str, float | None]] = {}
+
+    def for_workload(self, workload: Any) -> float | None:
+        from airflow.executors.workloads import ExecuteTask
+
+        if not isinstance(workload, ExecuteTask):
+            return None
+        ti = workload.ti
+        return self._lookup(("v3", str(ti.dag_version_id)), ti.dag_id, ti.task_id, dag_version_id=ti.dag_version_id)
+
+    def for_command(self, key: Any) -> float | None:
+        return self._lookup(None, key.dag_id, key.task_id)
+
+    def _lookup(self, cache_key: Any, dag_id: str, task_id: str, dag_version_id: Any = None) -> float | None:
+        try:
+            from airflow.models.serialized_dag import SerializedDagModel
+            from airflow.utils.session import create_session
+            from sqlalchemy import select
+
+            with create_session() as session:
+                if cache_key is None:  # Airflow 2: one DAG per dag_id, versioned by its hash
+                    dag_hash = SerializedDagModel.get_latest_version_hash(dag_id, session=session)
+                    cache_key = ("v2", dag_id, dag_hash)
+                if cache_key not in self._cache:
+                    if dag_version_id is not None:
+                        row = session.scalar(
+                            select(SerializedDagModel).where(SerializedDagModel.dag_version_id == dag_version_id)
+                        )
+                    else:
+                        row = SerializedDagModel.get(dag_id, session=session)
+                    self._cache[cache_key] = _timeouts_by_task(row.data if row is not None else None)
+            return self._cache[cache_key].get(task_id)
+        except Exception as exc:  # noqa: BLE001 - never let the lookup stop a task from running
+            log.debug("forklift: no execution_timeout for %s.%s: %s", dag_id, task_id, exc)
+            return None
+
+
+def _timeouts_by_task(data: Any) -> dict[str, float | None]:
+    if isinstance(data, str):
+        data = json.loads(data)
+    tasks = ((data or {}).get("dag") or {}).get("tasks") or []
+    out: dict[str, float | None] = {}
+    for item in tasks:
+        task = item.get("__var", item) if isinstance(item, dict) else {}
+        if not isinstance(task, dict) or "task_id" not in task:
+            continue
+        value = task.get("execution_timeout")
+        if isinstance(value, dict):  # {"__type": "timedelta", "__var": seconds}
+            value = value.get("__var")
+        out[task["task_id"]] = float(value) if isinstance(value, (int, float)) else None
+    return out
+
+
+def hard_deadline(execution_timeout: float | None, grace: float) -> float | None:
+    """When forklift stops a task from outside: its execution_timeout plus the grace (-1: never)."""
+    if execution_timeout is None or grace < 0:
+        return None
+    return execution_timeout + grace
 
 
 def run_workload_in_child(workload: ExecutorWorkload, server: str, title: str) -> int:
@@ -147,7 +225,9 @@ class CommandRejected(ValueError):
     """A command forklift will not run: only ``airflow tasks run …`` is accepted."""
 
 
-def command_to_job(key: Any, command: Any, *, mode: RunMode) -> Job:
+def command_to_job(
+    key: Any, command: Any, *, mode: RunMode, timeout: float | None = None, kill_grace: float = 5.0
+) -> Job:
     """An Airflow 2 ``airflow tasks run …`` command as an engine job; anything else is refused unrun."""
     if (
         not isinstance(command, (list, tuple))
@@ -170,8 +250,7 @@ def command_to_job(key: Any, command: Any, *, mode: RunMode) -> Job:
         runnable = ForkCall(run_command_in_child, (command, title))
     else:
         runnable = Command(command)
-    priority = 0
-    return Job(key=key, runnable=runnable, title=title.strip(), priority=priority, env=env)
+    return Job(key=key, runnable=runnable, title=title.strip(), env=env, timeout=timeout, kill_grace=kill_grace)
 
 
 def _dag_and_task(command: list[str]) -> tuple[str | None, str | None]:

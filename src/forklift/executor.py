@@ -7,6 +7,7 @@ The scheduler calls ``heartbeat()`` → ``trigger_tasks()`` → :meth:`LocalExec
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Hashable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -54,6 +55,7 @@ class LocalExecutor(BaseExecutor):
         # Work refused at dispatch: reported from sync(), when Airflow 2's trigger_tasks has put the
         # key in running (it does so after execute_async returns), so no slot leaks.
         self._refused: list[Result] = []
+        self._timeouts = compat.ExecutionTimeouts()
 
     def __repr__(self) -> str:
         return (
@@ -93,7 +95,16 @@ class LocalExecutor(BaseExecutor):
             # The slot stays taken until the result is read: this is the scheduler's backpressure.
             self.running.add(key)
             try:
-                impl.submit(compat.workload_to_job(workload, mode=self.settings.run_mode, server=self._server))
+                deadline = compat.hard_deadline(self._timeouts.for_workload(workload), self.settings.timeout_grace)
+                impl.submit(
+                    compat.workload_to_job(
+                        workload,
+                        mode=self.settings.run_mode,
+                        server=self._server,
+                        timeout=deadline,
+                        kill_grace=self.settings.kill_grace,
+                    )
+                )
             except Exception as exc:
                 self._refuse(key, exc)
 
@@ -101,7 +112,11 @@ class LocalExecutor(BaseExecutor):
     def execute_async(self, key: Any, command: Any, queue: str | None = None, executor_config: Any = None) -> None:
         impl = self._require_started()
         try:
-            impl.submit(compat.command_to_job(key, command, mode=self.settings.run_mode))
+            job = compat.command_to_job(key, command, mode=self.settings.run_mode, kill_grace=self.settings.kill_grace)
+            deadline = compat.hard_deadline(self._timeouts.for_command(key), self.settings.timeout_grace)
+            if deadline is not None:
+                job = dataclasses.replace(job, timeout=deadline)
+            impl.submit(job)
         except Exception as exc:
             self._refuse(key, exc)
 

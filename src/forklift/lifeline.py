@@ -1,8 +1,4 @@
-"""Tie a process's life to its parent's: when the parent dies, so does it (Linux), promptly.
-
-Linux's ``PR_SET_PDEATHSIG`` delivers a signal when the parent exits, however it exits (SIGKILL
-included). Elsewhere a process has to notice for itself, so :func:`parent_is_gone` is there too.
-"""
+"""Process-lifetime ties: die with the parent; stop everything a task started, wherever it went."""
 
 from __future__ import annotations
 
@@ -15,21 +11,47 @@ import sys
 _PR_SET_PDEATHSIG = 1
 
 
+def _prctl(option: int, value: int) -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        return bool(libc.prctl(option, value, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
 def die_with_parent(sig: int = signal.SIGTERM) -> bool:
-    """Ask the kernel to send ``sig`` when our parent dies; True if it could. Exits at once if the
-    parent is already gone (it may have died before the request was made)."""
+    """Ask the kernel (Linux) to send ``sig`` when our parent dies, however it dies; True if it could.
+
+    Exits at once if the parent is already gone (it may have died before the request was made).
+    """
     expected_parent = os.getppid()
-    ok = False
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-            ok = libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
-        except (OSError, AttributeError):
-            ok = False
-    if expected_parent == 1 or parent_is_gone(expected_parent):
+    ok = _prctl(_PR_SET_PDEATHSIG, int(sig))
+    if expected_parent == 1 or os.getppid() != expected_parent:
         os._exit(1)
     return ok
 
 
-def parent_is_gone(expected_parent: int) -> bool:
-    return os.getppid() != expected_parent
+def kill_session(sid: int) -> list[int]:
+    """SIGKILL every process in session ``sid`` (a task's session: its leader's pid); return their pids.
+
+    Each task leads a session of its own, and everything it starts stays in it unless it detaches on
+    purpose, including children that moved to process groups of their own (Airflow's Task SDK puts
+    the task runner in one). The kernel does not reuse a pid while it names a live session, so this
+    reaches only the task's processes. One pass over /proc.
+    """
+    import psutil
+
+    me = os.getpid()
+    killed = []
+    for pid in psutil.pids():
+        if pid == me:
+            continue
+        try:
+            if os.getsid(pid) == sid:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+        except (ProcessLookupError, PermissionError):
+            continue
+    return killed

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 
 from forklift.jobs import FAILED, SUCCESS, Command, ForkCall, Job, describe_exit
+from forklift.lifeline import kill_session
 from forklift.proctitle import set_title
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ def _run_forked(job: Job, call: ForkCall, on_started: OnStarted) -> tuple[int, s
                 os._exit(code)
     on_started(pid)
     stopped_by = _enforce_deadline(pid, job)
+    _sweep_group(pid, job)
     _, wait_status = _waitpid_retrying(pid)
     return os.waitstatus_to_exitcode(wait_status), stopped_by
 
@@ -83,7 +85,9 @@ def _become_task_process(job: Job) -> None:
     The DB engine pool is already disposed with ``close=False`` by Airflow's own
     ``register_at_fork`` hook (closing would break the parent's connections).
     """
-    os.setpgid(0, 0)
+    # A session of its own (and so a process group of its own): everything the task starts stays
+    # in it, even in other groups, so it can all be stopped together.
+    os.setsid()
     _reset_signals()
     # As a fresh interpreter would have it: Ctrl-C is a KeyboardInterrupt the task can handle.
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -102,7 +106,7 @@ def _run_subprocess(job: Job, command: Command, on_started: OnStarted) -> tuple[
         list(command.argv),
         stdin=subprocess.PIPE if command.secret_input is not None else subprocess.DEVNULL,
         close_fds=True,
-        start_new_session=True,  # its own process group, and no terminal's Ctrl-C
+        start_new_session=True,  # its own session and group (see _become_task_process), no terminal
         env=env,
         # An ignored signal stays ignored across exec: undo what the worker set for itself.
         # (Safe here: a worker has no threads.)
@@ -120,6 +124,7 @@ def _run_subprocess(job: Job, command: Command, on_started: OnStarted) -> tuple[
             except BrokenPipeError:
                 pass
     stopped_by = _enforce_deadline(proc.pid, job)
+    _sweep_group(proc.pid, job)
     return proc.wait(), stopped_by
 
 
@@ -137,6 +142,28 @@ def _enforce_deadline(pid: int, job: Job) -> signal.Signals | None:
         return signal.SIGTERM
     _killpg(pid, signal.SIGKILL)
     return signal.SIGKILL
+
+
+def _sweep_group(pid: int, job: Job) -> None:
+    """Once the task's leader has exited, kill whatever it left behind in its session.
+
+    Done before the leader is reaped: while its zombie holds the pid, the session id cannot be
+    reused. A task that exits normally leaves nothing, so this costs one pass over /proc.
+    """
+    _wait_exit_blocking(pid)
+    if [p for p in kill_session(pid) if p != pid]:
+        log.warning("forklift: %s left processes behind; killed them.", job.title or job.key)
+
+
+def _wait_exit_blocking(pid: int) -> None:
+    while True:
+        try:
+            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+            return
+        except InterruptedError:  # pragma: no cover - PEP 475 retries for us
+            continue
+        except ChildProcessError:
+            return
 
 
 def _wait_exit(pid: int, timeout: float) -> bool:

@@ -36,7 +36,7 @@ from typing import Any
 import psutil
 
 from forklift.jobs import FAILED, RECYCLED, RUNNING, Job, Result, describe_exit
-from forklift.lifeline import die_with_parent
+from forklift.lifeline import die_with_parent, kill_session
 from forklift.proctitle import set_title
 from forklift.workers import _FORK, LocalWorker, QueuedLocalWorker, _Worker
 
@@ -169,9 +169,10 @@ class _Strategy:
         results.extend(self.poll_final())
         if self._live_workers() or self._dispatched:
             log.warning(
-                "forklift: %d job(s) still running %.1f s after shutdown began; stopping them.",
+                "forklift: %d job(s) still running %.1f s after shutdown began%s; stopping them.",
                 len(self._dispatched),
-                timeout,
+                time.monotonic() - (deadline - timeout),
+                " (a second signal asked not to wait)" if escalate() else "",
             )
         results.extend(self.terminate())
         return results
@@ -207,6 +208,9 @@ class _Strategy:
             _signal_proc(proc, signal.SIGKILL)
         psutil.wait_procs(alive, timeout=self.kill_grace)
         self._kill_at.clear()
+        # Whatever a task started outside its worker's tree is still in the task's session.
+        for pgid in groups:
+            kill_session(pgid)
         # 2. Then the workers (a worker's SIGTERM handler also kills whatever task it still has).
         for worker in workers:
             if worker.is_alive():
@@ -350,8 +354,9 @@ class _Strategy:
                 log.error("forklift: worker pid %s %s; it will be replaced.", worker.pid, describe_exit(status))
             for key, dispatch in list(self._dispatched.items()):
                 if dispatch.worker_pid == worker.pid:
+                    # It has lost its supervisor: stop everything in its session, wherever it went.
                     if dispatch.task_pid:
-                        _signal_group(dispatch.task_pid, signal.SIGKILL)  # it has lost its supervisor
+                        kill_session(dispatch.task_pid)
                     if worker.pid in self._stale:
                         reason = (
                             f"its result was lost with forklift's result-queue manager (worker pid {worker.pid} "

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from forklift.jobs import FAILED, RECYCLED, RUNNING, Job, Result
-from forklift.lifeline import die_with_parent
+from forklift.lifeline import die_with_parent, kill_session
 from forklift.proctitle import set_title
 from forklift.runners import run_job
 
@@ -40,7 +40,7 @@ class _Worker(_FORK.Process):  # type: ignore[name-defined,misc]
         super().__init__(name=name, daemon=True)
         self.result_queue = result_queue
         self.init = init
-        self._task_pgid: int | None = None  # the process group of the task running now
+        self._task_pgid: int | None = None  # the session (and group) the running task leads
 
     def run(self) -> None:
         # Ctrl-C in a terminal reaches the whole foreground process group; the scheduler decides
@@ -64,11 +64,8 @@ class _Worker(_FORK.Process):  # type: ignore[name-defined,misc]
         raise NotImplementedError
 
     def _on_sigterm(self, signum: int, frame: object) -> None:
-        if self._task_pgid:
-            try:
-                os.killpg(self._task_pgid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        if self._task_pgid:  # the task leads its own session: leave nothing of it behind
+            kill_session(self._task_pgid)
         os._exit(128 + signum)
 
     def _started(self, job: Job, seq: int, pid: int) -> None:

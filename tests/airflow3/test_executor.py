@@ -110,7 +110,7 @@ class TestWorkloadToJob:
         assert job.env == {compat.PARSING_CONTEXT_DAG_ID: "d", compat.PARSING_CONTEXT_TASK_ID: "t1"}
 
 
-def _gated_job(workload, *, mode, server) -> Job:
+def _gated_job(workload, **_: object) -> Job:  # noqa: ANN001 - stands in for workload_to_job
     """A job that runs until its gate file is removed: lets the test hold a slot as long as it likes."""
     code = "import os, sys, time\nwhile os.path.exists(sys.argv[1]): time.sleep(0.01)"
     return Job(workload.key, Command([sys.executable, "-c", code, GATES[workload.ti.task_id]]), title=workload.ti.task_id)

@@ -247,7 +247,9 @@ class TestShutdown:
         wait_for_running(s, "running")
         results = {r.key: r for r in s.end(timeout=0.5) if r.state != RUNNING}
         assert results["waiting"].state == FAILED and "withdrawn" in results["waiting"].info
-        assert results["running"].state == FAILED and "shutdown" in results["running"].info
+        # Stopped by the shutdown: its worker saw it die of the SIGTERM it was sent.
+        assert results["running"].state == FAILED
+        assert results["running"].info in ("killed by SIGTERM", "stopped by forklift at shutdown before it finished")
 
     def test_submit_after_end_is_refused(self) -> None:
         s = LimitedParallelism(1)

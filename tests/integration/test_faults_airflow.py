@@ -1,0 +1,209 @@
+"""Faults injected into a real scheduler running forklift (both Airflow lines); outcomes read from the DB.
+
+Each test prints how long detection and recovery took; docs/reliability.md quotes them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from forklift.testing.stack import AirflowStack
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+
+def wait_for(path: Path, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path.name} did not appear within {timeout} s"
+        time.sleep(0.1)
+    return json.loads(path.read_text())
+
+
+def ti_state(stack: AirflowStack, dag_id: str, run_id: str) -> str | None:
+    rows = stack.task_instances(dag_id, run_id)
+    return rows[0].state if rows else None
+
+
+def wait_for_ti(stack: AirflowStack, dag_id: str, run_id: str, states: set[str], timeout: float = 120) -> float:
+    """Seconds until the run's only task reaches one of ``states``."""
+    started = time.monotonic()
+    while (state := ti_state(stack, dag_id, run_id)) not in states:
+        assert time.monotonic() - started < timeout, f"{dag_id} task still {state} after {timeout} s"
+        time.sleep(0.1)
+    return time.monotonic() - started
+
+
+def forklift_processes(stack: AirflowStack) -> list[psutil.Process]:
+    """forklift's workers, manager and task processes (and everything in the tasks' groups)."""
+    comp = stack._components.get("scheduler")
+    assert comp is not None
+    found: dict[int, psutil.Process] = {}
+    task_groups = set()
+    for proc in psutil.Process(comp.proc.pid).children(recursive=True):
+        try:
+            line = " ".join(proc.cmdline())
+            if "-- forklift" in line:
+                found[proc.pid] = proc
+                if "supervisor -- forklift" in line:
+                    task_groups.add(os.getpgid(proc.pid))
+        except (psutil.Error, ProcessLookupError):
+            continue
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if os.getpgid(proc.pid) in task_groups:
+                found[proc.pid] = proc
+        except (psutil.Error, ProcessLookupError):
+            continue
+    return list(found.values())
+
+
+def alive(procs: list[psutil.Process]) -> list[psutil.Process]:
+    out = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except psutil.Error:
+            continue
+    return out
+
+
+def ancestor(record: dict, title: str) -> int:
+    for entry in record["ancestry"]:
+        if entry["cmdline"].startswith(title) or f" {title}" in entry["cmdline"]:
+            return int(entry["pid"])
+    raise AssertionError(f"no ancestor titled {title!r}: {record['ancestry']}")
+
+
+@pytest.fixture
+def out(tmp_path: Path) -> Path:
+    return tmp_path
+
+
+@pytest.mark.parametrize("victim", ["task", "worker"])
+def test_killed_process_fails_the_task_and_frees_the_slot(stack: AirflowStack, out: Path, victim: str) -> None:
+    stack.start_scheduler({"AIRFLOW__FORKLIFT__PARALLELISM": "2"})
+    run_id = f"kill_{victim}"
+    try:
+        stack.trigger("forklift_fault_sleeper", run_id, {"out_dir": str(out)})
+        record = wait_for(out / "started.json")
+        title = "airflow worker -- forklift" if victim == "worker" else "supervisor -- forklift"
+        pid = ancestor(record, title)
+        os.kill(pid, signal.SIGKILL)  # an OOM kill, as the kernel would do it
+        detected = wait_for_ti(stack, "forklift_fault_sleeper", run_id, {"failed"})
+        print(f"\nSIGKILL of the {victim}: task FAILED in the DB {detected:.1f} s later")
+        assert not psutil.pid_exists(record["pid"]) or psutil.Process(record["pid"]).status() == psutil.STATUS_ZOMBIE
+        workers = [p for p in forklift_processes(stack) if "airflow worker -- forklift" in " ".join(p.cmdline())]
+        deadline = time.monotonic() + 30
+        while len(alive(workers)) != 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            workers = [p for p in forklift_processes(stack) if "airflow worker -- forklift" in " ".join(p.cmdline())]
+        assert len(alive(workers)) == 2, "the pool must be back to 2 workers"
+    finally:
+        assert stack.stop_component("scheduler") == 0
+    log = stack.log_tail("scheduler", chars=10**7)
+    assert "killed by SIGKILL — possibly out of memory" in log
+
+
+def test_hard_timeout_from_outside(stack: AirflowStack, out: Path) -> None:
+    stack.start_scheduler({"AIRFLOW__FORKLIFT__PARALLELISM": "2", "AIRFLOW__FORKLIFT__TIMEOUT_GRACE": "2"})
+    try:
+        stack.trigger("forklift_fault_timeout", "deaf_1", {"out_dir": str(out)})
+        record = wait_for(out / "started.json")
+        started = time.monotonic()
+        wait_for_ti(stack, "forklift_fault_timeout", "deaf_1", {"failed"})
+        print(f"\nexecution_timeout 2 s + grace 2 s: FAILED {time.monotonic() - started:.1f} s after the task started")
+        assert not psutil.pid_exists(record["pid"]) or psutil.Process(record["pid"]).status() == psutil.STATUS_ZOMBIE
+    finally:
+        assert stack.stop_component("scheduler") == 0
+    assert "timed out: still running 4 s after it started" in stack.log_tail("scheduler", chars=10**7)
+
+
+def test_scheduler_sigkill_leaves_no_forklift_process(stack: AirflowStack, out: Path) -> None:
+    stack.start_scheduler({"AIRFLOW__FORKLIFT__PARALLELISM": "2"})
+    try:
+        stack.trigger("forklift_fault_sleeper", "sched_kill", {"out_dir": str(out)})
+        wait_for(out / "started.json")
+        procs = forklift_processes(stack)
+        assert len(procs) >= 4  # manager, 2 workers, the task (and its runner)
+        os.kill(stack._components["scheduler"].proc.pid, signal.SIGKILL)
+        started = time.monotonic()
+        while alive(procs) and time.monotonic() - started < 10:
+            time.sleep(0.1)
+        print(f"\nscheduler SIGKILLed: forklift's {len(procs)} processes gone {time.monotonic() - started:.1f} s later")
+        assert not alive(procs), [p.cmdline() for p in alive(procs)]
+    finally:
+        stack.stop_component("scheduler")
+
+
+@pytest.mark.parametrize("second_signal", [False, True])
+def test_sigterm_shutdown_is_bounded(stack: AirflowStack, out: Path, second_signal: bool) -> None:
+    timeout = "60" if second_signal else "3"
+    stack.start_scheduler(
+        {"AIRFLOW__FORKLIFT__PARALLELISM": "2", "AIRFLOW__FORKLIFT__SHUTDOWN_TIMEOUT": timeout, "AIRFLOW__FORKLIFT__KILL_GRACE": "2"}
+    )
+    comp = stack._components["scheduler"]
+    stack.trigger("forklift_fault_sleeper", f"term_{second_signal}", {"out_dir": str(out)})
+    wait_for(out / "started.json")
+    procs = forklift_processes(stack)
+    # The stack's scheduler log spans every scheduler it started: count, don't just look.
+    before = stack.log_tail("scheduler", chars=10**8).count("Shutting down forklift")
+    started = time.monotonic()
+    os.kill(comp.proc.pid, signal.SIGTERM)
+    if second_signal:
+        deadline = time.monotonic() + 30
+        while stack.log_tail("scheduler", chars=10**8).count("Shutting down forklift") == before:
+            assert time.monotonic() < deadline, "the executor never began shutting down"
+            time.sleep(0.1)
+        os.kill(comp.proc.pid, signal.SIGTERM)
+    code = comp.proc.wait(timeout=120)
+    took = time.monotonic() - started
+    print(f"\nSIGTERM{' ×2' if second_signal else ''} with a task running: scheduler exited in {took:.1f} s")
+    stack.stop_component("scheduler")
+    assert took < (15 if second_signal else 20), f"shutdown took {took:.1f} s"
+    assert not alive(procs), [p.cmdline() for p in alive(procs)]
+    assert code == 0, stack.log_tail("scheduler")
+
+
+def test_task_queued_timeout_revokes_stuck_work(stack: AirflowStack, out: Path) -> None:
+    stack.start_scheduler(
+        {
+            "AIRFLOW__FORKLIFT__PARALLELISM": "1",
+            "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "6",
+            "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT_CHECK_INTERVAL": "2",
+            "AIRFLOW__SCHEDULER__NUM_STUCK_IN_QUEUED_RETRIES": "1",
+        }
+    )
+    frozen: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 60
+        while not frozen:
+            assert time.monotonic() < deadline, "forklift's worker never started"
+            frozen = [p for p in forklift_processes(stack) if "airflow worker -- forklift" in " ".join(p.cmdline())]
+            time.sleep(0.2)
+        for p in frozen:
+            p.suspend()  # a worker that never picks anything up: the task is stuck in QUEUED
+        stack.trigger("forklift_fault_marker", "stuck_1", {"out_dir": str(out)})
+        took = wait_for_ti(stack, "forklift_fault_marker", "stuck_1", {"failed"}, timeout=180)
+        print(f"\nstuck in queued: revoked and FAILED by the scheduler {took:.1f} s after the trigger")
+        log = stack.log_tail("scheduler", chars=10**7)
+        assert "forklift: revoked" in log
+        for p in frozen:
+            p.resume()  # the stale copies it now picks up are stopped on sight, never run to the end
+        time.sleep(7)  # longer than the task's own 5 s before it would leave its mark
+        assert not (out / "ran_to_the_end").exists()
+    finally:
+        for p in frozen:
+            try:
+                p.resume()
+            except psutil.Error:
+                pass
+        assert stack.stop_component("scheduler") == 0
