@@ -36,7 +36,9 @@ def wait_for_ti(stack: AirflowStack, dag_id: str, run_id: str, states: set[str],
     """Seconds until the run's only task reaches one of ``states``."""
     started = time.monotonic()
     while (state := ti_state(stack, dag_id, run_id)) not in states:
-        assert time.monotonic() - started < timeout, f"{dag_id} task still {state} after {timeout} s"
+        if time.monotonic() - started > timeout:
+            tail = [line for line in stack.log_tail("scheduler", chars=20000).splitlines() if "open slots" not in line]
+            raise AssertionError(f"{dag_id} task still {state} after {timeout} s; scheduler log:\n" + "\n".join(tail[-40:]))
         time.sleep(0.1)
     return time.monotonic() - started
 
@@ -84,8 +86,25 @@ def ancestor(record: dict, title: str) -> int:
 
 
 @pytest.fixture
-def out(tmp_path: Path) -> Path:
-    return tmp_path
+def out(tmp_path: Path, stack: AirflowStack):  # noqa: ANN201
+    yield tmp_path
+    # A test that stops the scheduler mid-task leaves that task "running" in the shared DB; the next
+    # scheduler would reset and rerun it. Mark what this test left unfinished as failed, as an
+    # operator would.
+    import sqlalchemy
+
+    engine = stack.db()
+    try:
+        with engine.begin() as conn:
+            for table in ("task_instance", "dag_run"):
+                conn.execute(
+                    sqlalchemy.text(
+                        f"UPDATE {table} SET state = 'failed' WHERE dag_id LIKE 'forklift_fault_%' "
+                        "AND (state IS NULL OR state NOT IN ('success', 'failed'))"
+                    )
+                )
+    finally:
+        engine.dispose()
 
 
 @pytest.mark.parametrize("victim", ["task", "worker"])
