@@ -126,8 +126,10 @@ class LocalExecutor(BaseExecutor):
         self._refused.append(Result(key, FAILED, reason))
 
     def _unqueue(self, key: Any) -> None:
-        for queued in (self.queued_tasks, self.queued_callbacks, self.queued_connection_tests):
-            if queued.pop(key, None) is not None:
+        # Callbacks and connection tests are queued separately on Airflow 3 only.
+        for name in ("queued_tasks", "queued_callbacks", "queued_connection_tests"):
+            queued = getattr(self, name, None)
+            if queued is not None and queued.pop(key, None) is not None:
                 return
 
     # -- results ---------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import sys
 import time
 from pathlib import Path
 
@@ -125,3 +127,30 @@ def test_airflow_2_refuses_sqlite_for_forklift_as_for_its_own(monkeypatch: pytes
     ExecutorLoader.validate_database_executor_compatibility.cache_clear()
     with pytest.raises(AirflowConfigException, match="cannot use SQLite with the LocalExecutor"):
         ExecutorLoader.load_executor("forklift.LocalExecutor")
+
+
+def test_revoke_task_on_airflow_2(tmp_path: Path) -> None:
+    """task_queued_timeout on Airflow 2: revoke_task and cleanup_stuck_queued_tasks withdraw the work."""
+    from types import SimpleNamespace
+
+    ex = forklift.LocalExecutor(parallelism=1)
+    ex.start()
+    try:
+        gate = tmp_path / "gate"
+        gate.touch()
+        blocker = ["airflow", "tasks", "run", "d", "blocker", "r"]
+        waiting = ["airflow", "tasks", "run", "d", "waiting", "r"]
+        # Both commands are valid; neither gets to run its DAG: the blocker holds the only worker
+        # (its process waits on the gate), the second waits in forklift until it is revoked.
+        ex.impl.submit(dataclasses.replace(compat.command_to_job(key("blocker"), blocker, mode=RunMode.SUBPROCESS), runnable=Command([sys.executable, "-c", f"import os, time\nwhile os.path.exists({str(gate)!r}): time.sleep(0.01)"])))
+        ex.running.add(key("blocker"))
+        dispatch(ex, key("waiting"), waiting)
+        assert key("waiting") in ex.impl.pending_keys
+        assert ex.cleanup_stuck_queued_tasks([SimpleNamespace(key=key("waiting"))]) == ["namespace(key=TaskInstanceKey(dag_id='d', task_id='waiting', run_id='r', try_number=1, map_index=-1))"]
+        assert key("waiting") not in ex.running and key("waiting") not in ex.impl.pending_keys
+        ex.revoke_task(ti=SimpleNamespace(key=key("blocker")))
+        assert not ex.running and ex.impl.running_keys == set()
+    finally:
+        gate.unlink(missing_ok=True)
+        ex.end()
+    assert ex.get_event_buffer() == {}  # revoked work reports nothing

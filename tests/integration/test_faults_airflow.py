@@ -107,18 +107,37 @@ def out(tmp_path: Path, stack: AirflowStack):  # noqa: ANN201
         engine.dispose()
 
 
+def wait_for_log(stack: AirflowStack, text: str, before: int, timeout: float = 60) -> float:
+    started = time.monotonic()
+    while stack.log_tail("scheduler", chars=10**8).count(text) <= before:
+        assert time.monotonic() - started < timeout, f"scheduler never logged {text!r}"
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
 @pytest.mark.parametrize("victim", ["task", "worker"])
 def test_killed_process_fails_the_task_and_frees_the_slot(stack: AirflowStack, out: Path, victim: str) -> None:
-    stack.start_scheduler({"AIRFLOW__FORKLIFT__PARALLELISM": "2"})
+    # Airflow 2 fails a RUNNING task only through its zombie check (an executor's FAILED event counts
+    # only while QUEUED); shorten that check so the test sees the end state. Airflow 3 acts on the event.
+    stack.start_scheduler(
+        {
+            "AIRFLOW__FORKLIFT__PARALLELISM": "2",
+            "AIRFLOW__SCHEDULER__SCHEDULER_ZOMBIE_TASK_THRESHOLD": "10",
+            "AIRFLOW__SCHEDULER__ZOMBIE_DETECTION_INTERVAL": "2",
+        }
+    )
     run_id = f"kill_{victim}"
+    event = f"Received executor event with state failed for task instance TaskInstanceKey(dag_id='forklift_fault_sleeper', task_id='sleeper', run_id='{run_id}'"
     try:
         stack.trigger("forklift_fault_sleeper", run_id, {"out_dir": str(out)})
         record = wait_for(out / "started.json")
         title = "airflow worker -- forklift" if victim == "worker" else "supervisor -- forklift"
         pid = ancestor(record, title)
+        before = stack.log_tail("scheduler", chars=10**8).count(event)
         os.kill(pid, signal.SIGKILL)  # an OOM kill, as the kernel would do it
-        detected = wait_for_ti(stack, "forklift_fault_sleeper", run_id, {"failed"})
-        print(f"\nSIGKILL of the {victim}: task FAILED in the DB {detected:.1f} s later")
+        reported = wait_for_log(stack, event, before)
+        in_db = wait_for_ti(stack, "forklift_fault_sleeper", run_id, {"failed"})
+        print(f"\nSIGKILL of the {victim}: FAILED event to the scheduler {reported:.1f} s later; FAILED in the DB {reported + in_db:.1f} s later")
         assert not psutil.pid_exists(record["pid"]) or psutil.Process(record["pid"]).status() == psutil.STATUS_ZOMBIE
         workers = [p for p in forklift_processes(stack) if "airflow worker -- forklift" in " ".join(p.cmdline())]
         deadline = time.monotonic() + 30
@@ -143,7 +162,9 @@ def test_hard_timeout_from_outside(stack: AirflowStack, out: Path) -> None:
         assert not psutil.pid_exists(record["pid"]) or psutil.Process(record["pid"]).status() == psutil.STATUS_ZOMBIE
     finally:
         assert stack.stop_component("scheduler") == 0
-    assert "timed out: still running 4 s after it started" in stack.log_tail("scheduler", chars=10**7)
+    if stack.major >= 3:
+        # Airflow 2's own task supervisor may get there first; on Airflow 3 only forklift can.
+        assert "timed out: still running 4 s after it started" in stack.log_tail("scheduler", chars=10**7)
 
 
 def test_scheduler_sigkill_leaves_no_forklift_process(stack: AirflowStack, out: Path) -> None:
