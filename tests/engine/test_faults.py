@@ -17,7 +17,7 @@ import pytest
 
 import jobfns
 from helpers import descendants, wait_for_file, wait_for_results
-from forklift.jobs import FAILED, RUNNING, SUCCESS, ForkCall, Job
+from forklift.jobs import FAILED, RUNNING, SUCCESS, Command, ForkCall, Job
 from forklift.shutdown import SecondSignal
 from forklift.strategies import LimitedParallelism, UnlimitedParallelism, _Strategy, make_strategy
 
@@ -298,6 +298,16 @@ class TestBadInput:
             assert s.running_keys == set()
         finally:
             s.end(timeout=10)
+
+
+def test_huge_undecodable_output_does_not_disturb_the_worker(strategy: _Strategy) -> None:
+    # 20 MB of random bytes on stdout and stderr: forklift never reads a task's output (it goes where
+    # the scheduler's goes), so nothing can choke on it.
+    code = "import os, sys; sys.stdout.buffer.write(os.urandom(20_000_000)); sys.stderr.buffer.write(os.urandom(1_000_000))"
+    strategy.submit(Job("noisy", Command([sys.executable, "-c", code]), title="noisy"))
+    strategy.submit(job("after", jobfns.ok))
+    got = wait_for_results(strategy, {"noisy", "after"})
+    assert got["noisy"].state == SUCCESS and got["after"].state == SUCCESS
 
 
 def test_manager_socket_is_private() -> None:

@@ -78,3 +78,19 @@ def test_bad_seconds(key: str, raw: str) -> None:
 def test_seconds_defaults_and_values() -> None:
     s = load_settings(lookup_from({("forklift", "shutdown_timeout"): "2.5"}), parallelism=1)
     assert (s.shutdown_timeout, s.kill_grace) == (2.5, 5.0)
+
+
+@pytest.mark.parametrize(("key", "raw"), [("max_tasks_per_child", "-1"), ("max_tasks_per_child", "x"), ("max_tasks_per_child", ""),
+                                        ("max_memory_per_child", "-5"), ("max_memory_per_child", "2GB"), ("max_memory_per_child", "99999999"),
+                                        ("timeout_grace", "-2"), ("timeout_grace", "later")])
+def test_bad_recycling_and_timeout_settings(key: str, raw: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(lookup_from({("forklift", key): raw}), parallelism=1)
+    assert f"[forklift] {key}" in str(err.value)
+
+
+def test_recycling_and_timeout_defaults_keep_todays_behaviour() -> None:
+    s = load_settings(lookup_from({}), parallelism=1)
+    assert (s.max_tasks_per_child, s.max_memory_per_child, s.timeout_grace) == (0, 0, 30.0)
+    s = load_settings(lookup_from({("forklift", "timeout_grace"): "-1", ("forklift", "max_tasks_per_child"): "100"}), parallelism=1)
+    assert (s.timeout_grace, s.max_tasks_per_child) == (-1.0, 100)
