@@ -90,7 +90,7 @@ def execution_api_url(executor_conf: Any) -> str:
 
 
 def workload_to_job(
-    workload: ExecutorWorkload, *, mode: RunMode, server: str, timeout: float | None = None, kill_grace: float = 5.0
+    workload: ExecutorWorkload, *, mode: RunMode, server: str, timeout: float | None = None
 ) -> Job:
     """An Airflow 3 workload (task, callback or connection test) as an engine job."""
     from airflow.executors.workloads import ExecuteTask
@@ -118,7 +118,7 @@ def workload_to_job(
         # execute_workload resolves the API server from config; hand it the (team-aware) one we use.
         env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = server
     return Job(
-        key=workload.key, runnable=runnable, title=title, priority=priority, env=env, timeout=timeout, kill_grace=kill_grace
+        key=workload.key, runnable=runnable, title=title, priority=priority, env=env, timeout=timeout
     )
 
 
@@ -226,7 +226,7 @@ class CommandRejected(ValueError):
 
 
 def command_to_job(
-    key: Any, command: Any, *, mode: RunMode, timeout: float | None = None, kill_grace: float = 5.0
+    key: Any, command: Any, *, mode: RunMode, timeout: float | None = None
 ) -> Job:
     """An Airflow 2 ``airflow tasks run …`` command as an engine job; anything else is refused unrun."""
     if (
@@ -250,7 +250,7 @@ def command_to_job(
         runnable = ForkCall(run_command_in_child, (command, title))
     else:
         runnable = Command(command)
-    return Job(key=key, runnable=runnable, title=title.strip(), env=env, timeout=timeout, kill_grace=kill_grace)
+    return Job(key=key, runnable=runnable, title=title.strip(), env=env, timeout=timeout)
 
 
 def _dag_and_task(command: list[str]) -> tuple[str | None, str | None]:

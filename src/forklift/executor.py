@@ -7,7 +7,6 @@ The scheduler calls ``heartbeat()`` → ``trigger_tasks()`` → :meth:`LocalExec
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Hashable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -102,7 +101,6 @@ class LocalExecutor(BaseExecutor):
                         mode=self.settings.run_mode,
                         server=self._server,
                         timeout=deadline,
-                        kill_grace=self.settings.kill_grace,
                     )
                 )
             except Exception as exc:
@@ -112,11 +110,8 @@ class LocalExecutor(BaseExecutor):
     def execute_async(self, key: Any, command: Any, queue: str | None = None, executor_config: Any = None) -> None:
         impl = self._require_started()
         try:
-            job = compat.command_to_job(key, command, mode=self.settings.run_mode, kill_grace=self.settings.kill_grace)
             deadline = compat.hard_deadline(self._timeouts.for_command(key), self.settings.timeout_grace)
-            if deadline is not None:
-                job = dataclasses.replace(job, timeout=deadline)
-            impl.submit(job)
+            impl.submit(compat.command_to_job(key, command, mode=self.settings.run_mode, timeout=deadline))
         except Exception as exc:
             self._refuse(key, exc)
 

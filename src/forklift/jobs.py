@@ -59,9 +59,8 @@ class Job:
     #: Extra environment for the task process (e.g. Airflow's DAG-parsing context).
     env: Mapping[str, str] = field(default_factory=dict)
     #: Hard limit in seconds from the task's start; past it the worker stops the task's process
-    #: group (SIGTERM, then SIGKILL after ``kill_grace``) and reports FAILED "timed out".
+    #: group (SIGTERM, then SIGKILL after the worker's ``kill_grace``) and reports FAILED "timed out".
     timeout: float | None = None
-    kill_grace: float = 5.0
 
 
 class Result(NamedTuple):

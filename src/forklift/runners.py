@@ -30,13 +30,14 @@ OnStarted = Callable[[int], None]
 _RESET_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2, signal.SIGCHLD)
 
 
-def run_job(job: Job, on_started: OnStarted) -> tuple[str, str]:
-    """Run ``job`` to completion, or until its ``timeout``; return ``(state, reason)``."""
+def run_job(job: Job, on_started: OnStarted, kill_grace: float = 5.0) -> tuple[str, str]:
+    """Run ``job`` to completion, or until its ``timeout`` (then TERM, and KILL after ``kill_grace``);
+    return ``(state, reason)``."""
     if isinstance(job.runnable, ForkCall):
-        status, stopped_by = _run_forked(job, job.runnable, on_started)
+        status, stopped_by = _run_forked(job, job.runnable, on_started, kill_grace)
     elif isinstance(job.runnable, Command):
         try:
-            status, stopped_by = _run_subprocess(job, job.runnable, on_started)
+            status, stopped_by = _run_subprocess(job, job.runnable, on_started, kill_grace)
         except OSError as exc:  # e.g. the executable is missing: a FAILED task, never a dead worker
             return FAILED, f"could not start {job.runnable.argv[0]!r}: {exc.strerror or exc}"
     else:
@@ -51,12 +52,20 @@ def run_job(job: Job, on_started: OnStarted) -> tuple[str, str]:
     return FAILED, describe_exit(status)
 
 
-def _run_forked(job: Job, call: ForkCall, on_started: OnStarted) -> tuple[int, signal.Signals | None]:
+def _run_forked(
+    job: Job, call: ForkCall, on_started: OnStarted, kill_grace: float
+) -> tuple[int, signal.Signals | None]:
+    # The child says when its session exists: only then is it reported RUNNING, so a stop that
+    # follows the report always finds the session to signal.
+    ready_r, ready_w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the task's process
+        os.close(ready_r)
         code = 1
         try:
             _become_task_process(job)
+            os.write(ready_w, b"1")
+            os.close(ready_w)
             code = int(call.func(*call.args) or 0)
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
@@ -72,8 +81,11 @@ def _run_forked(job: Job, call: ForkCall, on_started: OnStarted) -> tuple[int, s
                 sys.stderr.flush()
             finally:
                 os._exit(code)
+    os.close(ready_w)
+    os.read(ready_r, 1)  # b"" if it died first: its exit status will say why
+    os.close(ready_r)
     on_started(pid)
-    stopped_by = _enforce_deadline(pid, job)
+    stopped_by = _enforce_deadline(pid, job, kill_grace)
     _sweep_group(pid, job)
     _, wait_status = _waitpid_retrying(pid)
     return os.waitstatus_to_exitcode(wait_status), stopped_by
@@ -100,7 +112,9 @@ def _reset_signals() -> None:
         signal.signal(sig, signal.SIG_DFL)
 
 
-def _run_subprocess(job: Job, command: Command, on_started: OnStarted) -> tuple[int, signal.Signals | None]:
+def _run_subprocess(
+    job: Job, command: Command, on_started: OnStarted, kill_grace: float
+) -> tuple[int, signal.Signals | None]:
     env = {**os.environ, **job.env}
     proc = subprocess.Popen(
         list(command.argv),
@@ -123,12 +137,12 @@ def _run_subprocess(job: Job, command: Command, on_started: OnStarted) -> tuple[
                 proc.stdin.close()
             except BrokenPipeError:
                 pass
-    stopped_by = _enforce_deadline(proc.pid, job)
+    stopped_by = _enforce_deadline(proc.pid, job, kill_grace)
     _sweep_group(proc.pid, job)
     return proc.wait(), stopped_by
 
 
-def _enforce_deadline(pid: int, job: Job) -> signal.Signals | None:
+def _enforce_deadline(pid: int, job: Job, kill_grace: float) -> signal.Signals | None:
     """Wait until the child ``pid`` exits or ``job.timeout`` passes; past it, TERM then KILL its group.
 
     Returns the signal that stopped it, or None if it ended by itself. The child is not reaped here.
@@ -138,7 +152,7 @@ def _enforce_deadline(pid: int, job: Job) -> signal.Signals | None:
     if _wait_exit(pid, job.timeout):
         return None
     _killpg(pid, signal.SIGTERM)
-    if _wait_exit(pid, job.kill_grace):
+    if _wait_exit(pid, kill_grace):
         return signal.SIGTERM
     _killpg(pid, signal.SIGKILL)
     return signal.SIGKILL

@@ -38,7 +38,7 @@ import psutil
 from forklift.jobs import FAILED, RECYCLED, RUNNING, Job, Result, describe_exit
 from forklift.lifeline import die_with_parent, kill_session
 from forklift.proctitle import set_title
-from forklift.workers import _FORK, LocalWorker, QueuedLocalWorker, _Worker
+from forklift.workers import _FORK, LocalWorker, QueuedLocalWorker, WorkerOptions, _Worker
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +75,20 @@ def _manager_init() -> None:
 class _Strategy:
     """What both strategies share: the Manager, the result queue, and dispatch bookkeeping."""
 
-    def __init__(self, *, kill_grace: float = 5.0, worker_init: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        kill_grace: float = 5.0,
+        worker_init: Callable[[], None] | None = None,
+        max_tasks_per_child: int = 0,
+        max_memory_per_child: int = 0,
+    ) -> None:
         self.kill_grace = kill_grace
-        #: Runs first in every worker (the adapter's after-fork hygiene; the engine knows no Airflow).
-        self.worker_init = worker_init
+        # What every worker gets. Recycling applies to QueuedLocalWorkers only: a LocalWorker runs
+        # one task anyway.
+        self.worker_options = WorkerOptions(
+            kill_grace=kill_grace, init=worker_init, max_tasks=max_tasks_per_child, max_rss_mib=max_memory_per_child
+        )
         self.manager: SyncManager | None = None
         self.result_queue: Any = None
         #: What happened, for metrics: worker_deaths, recycles, timeouts, revokes, channel_restarts.
@@ -435,13 +445,13 @@ class _Strategy:
 class UnlimitedParallelism(_Strategy):
     """One ``LocalWorker`` process per job, started at once; it exits once it has reported."""
 
-    def __init__(self, *, kill_grace: float = 5.0, worker_init: Callable[[], None] | None = None) -> None:
-        super().__init__(kill_grace=kill_grace, worker_init=worker_init)
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
         self._procs: dict[int, LocalWorker] = {}
 
     def _accept(self, job: Job) -> None:
         dispatch = _Dispatch(job)
-        worker = LocalWorker(self.result_queue, job, dispatch.seq, init=self.worker_init)
+        worker = LocalWorker(self.result_queue, job, dispatch.seq, self.worker_options)
         worker.start()
         assert worker.pid is not None
         self._procs[worker.pid] = worker
@@ -463,23 +473,13 @@ class LimitedParallelism(_Strategy):
     free, so a queued job never sits behind a busy worker and can still be withdrawn.
     """
 
-    def __init__(
-        self,
-        parallelism: int,
-        *,
-        kill_grace: float = 5.0,
-        worker_init: Callable[[], None] | None = None,
-        max_tasks_per_child: int = 0,
-        max_memory_per_child: int = 0,
-    ) -> None:
+    def __init__(self, parallelism: int, **options: Any) -> None:
         if parallelism <= 0:
             raise ValueError(
                 f"LimitedParallelism needs parallelism >= 1, got {parallelism!r}; use UnlimitedParallelism for 0."
             )
-        super().__init__(kill_grace=kill_grace, worker_init=worker_init)
+        super().__init__(**options)
         self.parallelism = parallelism
-        self.max_tasks_per_child = max_tasks_per_child
-        self.max_memory_per_child = max_memory_per_child
         self.task_queue: Any = None
         self._pool: dict[int, QueuedLocalWorker] = {}
         self._pending: list[tuple[int, int, Job]] = []
@@ -512,14 +512,7 @@ class LimitedParallelism(_Strategy):
                 self.task_queue.put((dispatch.seq, dispatch.job))
 
     def _spawn(self) -> None:
-        worker = QueuedLocalWorker(
-            self.task_queue,
-            self.result_queue,
-            index=next(self._index),
-            init=self.worker_init,
-            max_tasks=self.max_tasks_per_child,
-            max_rss_mib=self.max_memory_per_child,
-        )
+        worker = QueuedLocalWorker(self.task_queue, self.result_queue, self.worker_options, index=next(self._index))
         worker.start()
         assert worker.pid is not None
         self._pool[worker.pid] = worker
@@ -620,28 +613,19 @@ class LimitedParallelism(_Strategy):
         return set(self._pending_keys)
 
 
-def make_strategy(
-    parallelism: int,
-    *,
-    kill_grace: float = 5.0,
-    worker_init: Callable[[], None] | None = None,
-    max_tasks_per_child: int = 0,
-    max_memory_per_child: int = 0,
-) -> _Strategy:
-    """``0`` → :class:`UnlimitedParallelism`; ``N > 0`` → :class:`LimitedParallelism` with N workers."""
+def make_strategy(parallelism: int, **options: Any) -> _Strategy:
+    """``0`` → :class:`UnlimitedParallelism`; ``N > 0`` → :class:`LimitedParallelism` with N workers.
+
+    ``options`` are :class:`_Strategy`'s: ``kill_grace``, ``worker_init``, ``max_tasks_per_child``,
+    ``max_memory_per_child``.
+    """
     if isinstance(parallelism, bool) or not isinstance(parallelism, int) or parallelism < 0:
         raise ValueError(
             f"parallelism={parallelism!r} is invalid: use 0 (one process per task) or a positive number of workers."
         )
     if parallelism == 0:
-        return UnlimitedParallelism(kill_grace=kill_grace, worker_init=worker_init)
-    return LimitedParallelism(
-        parallelism,
-        kill_grace=kill_grace,
-        worker_init=worker_init,
-        max_tasks_per_child=max_tasks_per_child,
-        max_memory_per_child=max_memory_per_child,
-    )
+        return UnlimitedParallelism(**options)
+    return LimitedParallelism(parallelism, **options)
 
 
 def _close_dead(worker: _Worker) -> None:

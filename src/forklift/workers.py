@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import signal
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from forklift.jobs import FAILED, RECYCLED, RUNNING, Job, Result
@@ -31,15 +32,28 @@ _FORK = multiprocessing.get_context("fork")
 TITLE_PREFIX = "airflow worker -- forklift"
 
 
+@dataclass(frozen=True)
+class WorkerOptions:
+    """How every worker of one engine behaves; set once, from the deployment's settings."""
+
+    #: Between SIGTERM and SIGKILL when a task outlives its deadline.
+    kill_grace: float = 5.0
+    #: Runs first in the worker (the adapter's after-fork hygiene; the engine knows no Airflow).
+    init: Callable[[], None] | None = None
+    #: QueuedLocalWorker only: leave after this many tasks / above this RSS in MiB (0: never).
+    max_tasks: int = 0
+    max_rss_mib: int = 0
+
+
 class ResultChannelClosed(Exception):
     """The result queue's server is gone; the worker cannot report, so it stops."""
 
 
 class _Worker(_FORK.Process):  # type: ignore[name-defined,misc]
-    def __init__(self, result_queue: Any, *, name: str | None = None, init: Callable[[], None] | None = None) -> None:
+    def __init__(self, result_queue: Any, options: WorkerOptions, *, name: str | None = None) -> None:
         super().__init__(name=name, daemon=True)
         self.result_queue = result_queue
-        self.init = init
+        self.options = options
         self._task_pgid: int | None = None  # the session (and group) the running task leads
 
     def run(self) -> None:
@@ -50,9 +64,9 @@ class _Worker(_FORK.Process):  # type: ignore[name-defined,misc]
         # take the running task's whole process group down too, so nothing is orphaned.
         signal.signal(signal.SIGTERM, self._on_sigterm)
         die_with_parent(signal.SIGTERM)
-        if self.init is not None:
+        if self.options.init is not None:
             try:
-                self.init()
+                self.options.init()
             except Exception:  # hygiene that failed must not cost the pool a worker
                 log.exception("forklift worker %d: worker initializer failed; continuing", os.getpid())
         try:
@@ -82,7 +96,7 @@ class _Worker(_FORK.Process):  # type: ignore[name-defined,misc]
         set_title(f"{TITLE_PREFIX}: {job.title}")
         me = os.getpid()
         try:
-            state, reason = run_job(job, lambda pid: self._started(job, seq, pid))
+            state, reason = run_job(job, lambda pid: self._started(job, seq, pid), self.options.kill_grace)
         except ResultChannelClosed:
             raise
         except Exception as exc:  # the worker must survive anything one job does
@@ -96,8 +110,8 @@ class _Worker(_FORK.Process):  # type: ignore[name-defined,misc]
 class LocalWorker(_Worker):
     """Runs exactly one job, reports, and exits (``UnlimitedParallelism``)."""
 
-    def __init__(self, result_queue: Any, job: Job, seq: int = 0, *, init: Callable[[], None] | None = None) -> None:
-        super().__init__(result_queue, name=f"forklift-LocalWorker[{job.title}]", init=init)
+    def __init__(self, result_queue: Any, job: Job, seq: int = 0, options: WorkerOptions = WorkerOptions()) -> None:
+        super().__init__(result_queue, options, name=f"forklift-LocalWorker[{job.title}]")
         self.job = job
         self.seq = seq
 
@@ -108,24 +122,13 @@ class LocalWorker(_Worker):
 class QueuedLocalWorker(_Worker):
     """Takes ``(seq, job)`` items from ``task_queue`` until it reads the poison pill ``None`` (``LimitedParallelism``).
 
-    With ``max_tasks`` or ``max_rss_mib`` set, it leaves between tasks once it has run that many or
-    grown that big (announcing it with a RECYCLED result), and the pool starts a fresh one.
+    With ``options.max_tasks`` or ``options.max_rss_mib`` set, it leaves between tasks once it has run
+    that many or grown that big (announcing it with a RECYCLED result), and the pool starts a fresh one.
     """
 
-    def __init__(
-        self,
-        task_queue: Any,
-        result_queue: Any,
-        *,
-        index: int = 0,
-        init: Callable[[], None] | None = None,
-        max_tasks: int = 0,
-        max_rss_mib: int = 0,
-    ) -> None:
-        super().__init__(result_queue, name=f"forklift-QueuedLocalWorker-{index}", init=init)
+    def __init__(self, task_queue: Any, result_queue: Any, options: WorkerOptions = WorkerOptions(), *, index: int = 0) -> None:
+        super().__init__(result_queue, options, name=f"forklift-QueuedLocalWorker-{index}")
         self.task_queue = task_queue
-        self.max_tasks = max_tasks
-        self.max_rss_mib = max_rss_mib
 
     def do_work(self) -> None:
         done = 0
@@ -147,12 +150,13 @@ class QueuedLocalWorker(_Worker):
                 return
 
     def _recycle_reason(self, done: int) -> str | None:
-        if self.max_tasks and done >= self.max_tasks:
-            return f"ran {done} tasks ([forklift] max_tasks_per_child = {self.max_tasks})"
-        if self.max_rss_mib:
+        max_tasks, max_rss_mib = self.options.max_tasks, self.options.max_rss_mib
+        if max_tasks and done >= max_tasks:
+            return f"ran {done} tasks ([forklift] max_tasks_per_child = {max_tasks})"
+        if max_rss_mib:
             import psutil
 
             rss_mib = psutil.Process().memory_info().rss / 2**20
-            if rss_mib > self.max_rss_mib:
-                return f"RSS {rss_mib:.0f} MiB is over [forklift] max_memory_per_child = {self.max_rss_mib} MiB"
+            if rss_mib > max_rss_mib:
+                return f"RSS {rss_mib:.0f} MiB is over [forklift] max_memory_per_child = {max_rss_mib} MiB"
         return None

@@ -193,7 +193,7 @@ class TestRevoke:
 class TestHardTimeout:
     @pytest.mark.parametrize(("ignore_term", "stopped_by"), [(False, "SIGTERM"), (True, "SIGKILL")])
     def test_parent_stops_a_task_past_its_deadline(self, strategy: _Strategy, tmp_path: Path, ignore_term: bool, stopped_by: str) -> None:
-        strategy.submit(job("slow", jobfns.hang, str(tmp_path / "pid"), ignore_term, timeout=0.5, kill_grace=0.5))
+        strategy.submit(job("slow", jobfns.hang, str(tmp_path / "pid"), ignore_term, timeout=0.5))
         pid = int(wait_for_file(tmp_path / "pid"))
         result = wait_for_results(strategy, {"slow"})["slow"]
         assert result.state == FAILED
