@@ -20,7 +20,8 @@ def scheduler(stack: AirflowStack) -> Iterator[AirflowStack]:
     try:
         yield stack
     finally:
-        assert stack.stop_component("scheduler") == 0, stack.log_tail("scheduler")
+        code = stack.stop_component("scheduler")
+        assert stack.stopped_cleanly("scheduler", code), stack.log_tail("scheduler")
 
 
 def _connection_test(stack: AirflowStack, conn_id: str, path: str, timeout: float = 120) -> dict:

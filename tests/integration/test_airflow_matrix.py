@@ -74,7 +74,7 @@ def test_dag_matrix(stack: AirflowStack, tmp_path, parallelism: int, mode: str) 
         assert held > 4, f"parallelism 0 should not limit concurrency, but at most {held} were queued or running"
 
     # The scheduler shut down cleanly (SIGTERM → executor.end()) and left nothing of forklift's behind.
-    assert exit_code == 0, stack.log_tail("scheduler")
+    assert stack.stopped_cleanly("scheduler", exit_code), stack.log_tail("scheduler")
     alive = [p for p in scheduler_tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not alive, [p.cmdline() for p in alive]
 

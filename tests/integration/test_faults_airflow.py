@@ -160,7 +160,8 @@ def test_killed_process_fails_the_task_and_frees_the_slot(stack: AirflowStack, o
             workers = [p for p in forklift_processes(stack) if "airflow worker -- forklift" in " ".join(p.cmdline())]
         assert len(alive(workers)) == 2, "the pool must be back to 2 workers"
     finally:
-        assert stack.stop_component("scheduler") == 0
+        code = stack.stop_component("scheduler")
+        assert stack.stopped_cleanly("scheduler", code), stack.log_tail("scheduler")
     log = stack.log_tail("scheduler", chars=10**7)
     assert "killed by SIGKILL — possibly out of memory" in log
 
@@ -176,7 +177,8 @@ def test_hard_timeout_from_outside(stack: AirflowStack, out: Path) -> None:
         # Airflow 2's own supervisor may mark the task failed a moment before its process is gone.
         assert_gone(record["pid"])
     finally:
-        assert stack.stop_component("scheduler") == 0
+        code = stack.stop_component("scheduler")
+        assert stack.stopped_cleanly("scheduler", code), stack.log_tail("scheduler")
     if stack.major >= 3:
         # Airflow 2's own task supervisor may get there first; on Airflow 3 only forklift can.
         assert "timed out: still running 4 s after it started" in stack.log_tail("scheduler", chars=10**7)
@@ -225,7 +227,7 @@ def test_sigterm_shutdown_is_bounded(stack: AirflowStack, out: Path, second_sign
     stack.stop_component("scheduler")
     assert took < (15 if second_signal else 20), f"shutdown took {took:.1f} s"
     assert not alive(procs), [p.cmdline() for p in alive(procs)]
-    assert code == 0, stack.log_tail("scheduler")
+    assert stack.stopped_cleanly("scheduler", code), stack.log_tail("scheduler")
 
 
 def test_task_queued_timeout_revokes_stuck_work(stack: AirflowStack, out: Path) -> None:
@@ -261,4 +263,5 @@ def test_task_queued_timeout_revokes_stuck_work(stack: AirflowStack, out: Path) 
                 p.resume()
             except psutil.Error:
                 pass
-        assert stack.stop_component("scheduler") == 0
+        code = stack.stop_component("scheduler")
+        assert stack.stopped_cleanly("scheduler", code), stack.log_tail("scheduler")

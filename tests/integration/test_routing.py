@@ -26,7 +26,8 @@ def test_operator_executor_argument_routes_to_forklift(stack_factory, tmp_path: 
         stack.trigger("forklift_routing", "routing_1", {"out_dir": str(tmp_path)})
         state = stack.wait_for_run("forklift_routing", "routing_1", timeout=300)
     finally:
-        assert stack.stop_component("scheduler") == 0, stack.log_tail("scheduler")
+        code = stack.stop_component("scheduler")
+        assert stack.stopped_cleanly("scheduler", code), stack.log_tail("scheduler")
     assert state == "success"
     assert {r.task_id: r.state for r in stack.task_instances("forklift_routing", "routing_1")} == {
         "on_default": "success",

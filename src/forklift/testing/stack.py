@@ -231,6 +231,27 @@ class AirflowStack:
         comp = self._components.get(name)
         return comp is not None and comp.proc.poll() is None
 
+    def stopped_cleanly(self, name: str, exit_code: int | None) -> bool:
+        """Whether a stopped component exited 0, or hit Airflow 2's own shutdown race and nothing else.
+
+        Airflow 2's scheduler handles SIGTERM by closing its DAG-processor pipe and raising SystemExit
+        from the signal handler. When that signal lands inside a finalizer, Python reports the
+        SystemExit as "ignored", the loop runs once more and ``processor_agent.heartbeat()`` fails on
+        the closed pipe (exit 1). Nothing of the executor is involved, so only that exact signature
+        is forgiven, and only on Airflow 2.
+        """
+        if exit_code == 0:
+            return True
+        if self.major != 2 or exit_code != 1:
+            return False
+        log = self.log_tail(name, chars=200_000)
+        graceful = log.rfind("Exiting gracefully upon receiving signal")
+        return (
+            graceful >= 0
+            and "processor_agent.heartbeat()" in log[graceful:]
+            and log.rstrip().endswith("OSError: handle is closed")
+        )
+
     def log_tail(self, name: str, chars: int = 4000) -> str:
         path = self.log_dir / f"{name}.log"
         if not path.exists():
