@@ -21,6 +21,7 @@ from packaging.version import Version
 
 from forklift.jobs import Command, ForkCall, Job
 from forklift.settings import ConfigError, Lookup, RunMode
+from forklift.supervisor_wake import wake_on_child_exit
 
 if TYPE_CHECKING:
     from airflow.executors.workloads import ExecutorWorkload
@@ -90,7 +91,12 @@ def execution_api_url(executor_conf: Any) -> str:
 
 
 def workload_to_job(
-    workload: ExecutorWorkload, *, mode: RunMode, server: str, timeout: float | None = None
+    workload: ExecutorWorkload,
+    *,
+    mode: RunMode,
+    server: str,
+    timeout: float | None = None,
+    wake_supervisor: bool = True,
 ) -> Job:
     """An Airflow 3 workload (task, callback or connection test) as an engine job."""
     from airflow.executors.workloads import ExecuteTask
@@ -108,15 +114,17 @@ def workload_to_job(
         priority = CALLBACK_PRIORITY
 
     if mode is RunMode.FORK:
-        runnable: ForkCall | Command = ForkCall(run_workload_in_child, (workload, server, title))
+        runnable: ForkCall | Command = ForkCall(run_workload_in_child, (workload, server, title, wake_supervisor))
     else:
         # The workload carries the task's token: it goes through stdin, never argv or a file.
+        # forklift.execute_workload is Airflow's own execute_workload plus the supervisor wake.
         runnable = Command(
-            [sys.executable, "-m", "airflow.sdk.execution_time.execute_workload", "--json-path", "/dev/stdin"],
+            [sys.executable, "-m", "forklift.execute_workload", "--json-path", "/dev/stdin"],
             secret_input=workload.model_dump_json().encode(),
         )
         # execute_workload resolves the API server from config; hand it the (team-aware) one we use.
         env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = server
+        env["FORKLIFT_WAKE_SUPERVISOR"] = "1" if wake_supervisor else "0"
     return Job(
         key=workload.key, runnable=runnable, title=title, priority=priority, env=env, timeout=timeout
     )
@@ -205,11 +213,13 @@ def hard_deadline(execution_timeout: float | None, grace: float) -> float | None
     return execution_timeout + grace
 
 
-def run_workload_in_child(workload: ExecutorWorkload, server: str, title: str) -> int:
+def run_workload_in_child(workload: ExecutorWorkload, server: str, title: str, wake_supervisor: bool = True) -> int:
     """Entry point of a forked task process: Airflow's own Task SDK supervisor runs the workload."""
     from airflow.executors.base_executor import BaseExecutor
 
     dispose_inherited_db_pool()
+    if wake_supervisor:
+        wake_on_child_exit()
 
     return BaseExecutor.run_workload(
         workload,

@@ -101,6 +101,7 @@ class LocalExecutor(BaseExecutor):
                         mode=self.settings.run_mode,
                         server=self._server,
                         timeout=deadline,
+                        wake_supervisor=self.settings.wake_supervisor,
                     )
                 )
             except Exception as exc:

@@ -45,6 +45,8 @@ class Settings:
     max_memory_per_child: int = 0
     #: Seconds past a task's execution_timeout before forklift stops it from outside (-1: never).
     timeout_grace: float = 30.0
+    #: Airflow 3: wake the Task SDK supervisor when its task process exits (see supervisor_wake).
+    wake_supervisor: bool = True
 
     @property
     def unlimited(self) -> bool:
@@ -94,6 +96,15 @@ _TRUE = {"true", "t", "1", "yes", "y", "on"}
 _FALSE = {"false", "f", "0", "no", "n", "off"}
 
 
+def parse_bool(raw: str | None, *, section: str, key: str) -> bool:
+    text = (raw or "").strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ConfigError(f"{_describe(section, key)} = {raw!r} is not a boolean; use True or False.")
+
+
 def parse_run_mode(raw_mode: str | None, raw_new_interpreter: str | None) -> RunMode:
     """``[forklift] run_mode`` wins; unset, it follows ``[core] execute_tasks_new_python_interpreter``."""
     if raw_mode is not None and raw_mode.strip():
@@ -107,15 +118,8 @@ def parse_run_mode(raw_mode: str | None, raw_new_interpreter: str | None) -> Run
             ) from None
     if raw_new_interpreter is None or not raw_new_interpreter.strip():
         return RunMode.FORK
-    text = raw_new_interpreter.strip().lower()
-    if text in _TRUE:
-        return RunMode.SUBPROCESS
-    if text in _FALSE:
-        return RunMode.FORK
-    raise ConfigError(
-        f"{_describe('core', 'execute_tasks_new_python_interpreter')} = {raw_new_interpreter!r} is not a boolean; "
-        "use True or False."
-    )
+    new_interpreter = parse_bool(raw_new_interpreter, section="core", key="execute_tasks_new_python_interpreter")
+    return RunMode.SUBPROCESS if new_interpreter else RunMode.FORK
 
 
 #: Beyond this a typo is likelier than a plan: each worker is a process of its own.
@@ -165,6 +169,9 @@ def load_settings(lookup: Lookup, *, parallelism: int | None = None) -> Settings
     else:
         timeout_grace = seconds("timeout_grace", Settings.timeout_grace)
 
+    raw_wake = lookup(SECTION, "wake_supervisor")
+    wake = True if raw_wake is None else parse_bool(raw_wake, section=SECTION, key="wake_supervisor")
+
     return Settings(
         parallelism=parallelism,
         run_mode=run_mode,
@@ -173,4 +180,5 @@ def load_settings(lookup: Lookup, *, parallelism: int | None = None) -> Settings
         max_tasks_per_child=count("max_tasks_per_child", 1_000_000_000),
         max_memory_per_child=count("max_memory_per_child", 1_048_576),  # 1 TiB, in MiB
         timeout_grace=timeout_grace,
+        wake_supervisor=wake,
     )

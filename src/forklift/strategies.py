@@ -64,6 +64,33 @@ class _Dispatch:
     handed_at: float = field(default_factory=time.monotonic)
 
 
+class _DrainableQueue(queue.Queue):  # type: ignore[type-arg]
+    """The Manager's queue, plus :meth:`drain`: everything waiting, in one round trip.
+
+    Each proxy call is a round trip to the Manager process (~0.1 ms); ``sync()`` reading a burst of
+    results one ``get_nowait()`` at a time would pay that per result.
+    """
+
+    def drain(self, limit: int) -> list[Any]:
+        items: list[Any] = []
+        with self.mutex:
+            while self.queue and len(items) < limit:
+                items.append(self.queue.popleft())
+            if items:
+                self.not_full.notify(len(items))
+        return items
+
+
+class _Manager(SyncManager):
+    """``multiprocessing.Manager()``'s SyncManager, whose ``Queue()`` can also be drained at once."""
+
+
+_Manager.register("Queue", _DrainableQueue)
+
+#: At most this many results are read in one round trip (bounds one message's size).
+_DRAIN_BATCH = 10_000
+
+
 def _manager_init() -> None:
     # The manager serves the result queue until end(); a terminal's Ctrl-C must not kill it early,
     # but it must not outlive the scheduler either.
@@ -109,7 +136,7 @@ class _Strategy:
         self._started = True
 
     def _open_channel(self) -> None:
-        self.manager = SyncManager(ctx=_FORK)
+        self.manager = _Manager(ctx=_FORK)
         self.manager.start(initializer=_manager_init)
         self.result_queue = self.manager.Queue()
 
@@ -300,16 +327,18 @@ class _Strategy:
         q = self.result_queue
         if q is None:
             return out
-        first = True
-        while True:
+        raws: list[Any] = []
+        if block_for > 0:
             try:
-                if first and block_for > 0:
-                    raw = q.get(timeout=block_for)
-                else:
-                    raw = q.get_nowait()
+                raws.append(q.get(timeout=block_for))
             except queue.Empty:
+                return out
+        while True:
+            batch = q.drain(_DRAIN_BATCH)
+            raws.extend(batch)
+            if len(batch) < _DRAIN_BATCH:
                 break
-            first = False
+        for raw in raws:
             result = Result(*raw)
             if self._record(result):
                 out.append(result)

@@ -97,7 +97,7 @@ class TestWorkloadToJob:
     def test_subprocess_keeps_the_token_off_the_command_line(self) -> None:
         job = compat.workload_to_job(make_workload(), mode=RunMode.SUBPROCESS, server="http://127.0.0.1:1/execution/")
         assert isinstance(job.runnable, Command)
-        assert job.runnable.argv[:3] == [sys.executable, "-m", "airflow.sdk.execution_time.execute_workload"]
+        assert job.runnable.argv[:3] == [sys.executable, "-m", "forklift.execute_workload"]
         assert not any(TOKEN in arg for arg in job.runnable.argv)
         assert TOKEN not in repr(job) and TOKEN not in job.title and not any(TOKEN in v for v in job.env.values())
         assert job.runnable.secret_input is not None and TOKEN.encode() in job.runnable.secret_input

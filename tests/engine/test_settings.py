@@ -94,3 +94,15 @@ def test_recycling_and_timeout_defaults_keep_todays_behaviour() -> None:
     assert (s.max_tasks_per_child, s.max_memory_per_child, s.timeout_grace) == (0, 0, 30.0)
     s = load_settings(lookup_from({("forklift", "timeout_grace"): "-1", ("forklift", "max_tasks_per_child"): "100"}), parallelism=1)
     assert (s.timeout_grace, s.max_tasks_per_child) == (-1.0, 100)
+
+
+@pytest.mark.parametrize(("raw", "expected"), [(None, True), ("False", False), ("off", False), ("TRUE", True)])
+def test_wake_supervisor(raw: str | None, expected: bool) -> None:
+    values = {} if raw is None else {("forklift", "wake_supervisor"): raw}
+    assert load_settings(lookup_from(values), parallelism=1).wake_supervisor is expected
+
+
+@pytest.mark.parametrize("raw", ["", "maybe", "2"])
+def test_bad_wake_supervisor(raw: str) -> None:
+    with pytest.raises(ConfigError, match=r"\[forklift\] wake_supervisor .*AIRFLOW__FORKLIFT__WAKE_SUPERVISOR.* is not a boolean"):
+        load_settings(lookup_from({("forklift", "wake_supervisor"): raw}), parallelism=1)
