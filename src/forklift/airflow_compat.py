@@ -81,6 +81,15 @@ def base_parallelism(forklift_parallelism: int, lookup: Lookup) -> int:
     return core
 
 
+def scheduler_cap(lookup: Lookup) -> int | None:
+    """The scheduler never queues more than ``[core] parallelism`` across all executors (None: no cap)."""
+    try:
+        cap = int(lookup("core", "parallelism") or "32")
+    except ValueError:
+        return None
+    return cap if cap > 0 else None
+
+
 def execution_api_url(executor_conf: Any) -> str:
     """Where Airflow 3 tasks reach the Execution API (Airflow 2 tasks talk to the DB instead)."""
     if not AIRFLOW_V3:
@@ -128,6 +137,50 @@ def workload_to_job(
     return Job(
         key=workload.key, runnable=runnable, title=title, priority=priority, env=env, timeout=timeout
     )
+
+
+#: Imported once in the scheduler before workers fork, so no task pays for them: the Task SDK's
+#: supervisor and runner, and the operators most DAG files import (the standard provider's pull in
+#: ``packaging``, whose regexes alone cost a parse ~50 ms per task when compiled afresh).
+TASK_MODULES = (
+    "airflow.sdk.execution_time.supervisor",
+    "airflow.sdk.execution_time.task_runner",
+    "airflow.providers.standard.operators.python",
+    "airflow.providers.standard.operators.bash",
+    "airflow.providers.standard.operators.empty",
+)
+
+
+def warm_task_caches(extra_modules: tuple[str, ...] = ()) -> list[str]:
+    """Do, once in the scheduler, what each forked task would otherwise do for itself.
+
+    Airflow's own LocalExecutor runs every supervisor inside one long-lived worker, so first-use
+    costs are paid once per worker. forklift forks a fresh process per task, so whatever is not
+    loaded before the workers fork is paid by every task: imports, an OpenSSL context with its CA
+    bundle (tens of ms of CPU), a DNS lookup of this host's name. Returns the modules that could
+    not be imported (a warning for the ones the user asked for; the defaults may be absent).
+    """
+    import importlib
+
+    missing = []
+    modules = (*TASK_MODULES, *extra_modules) if AIRFLOW_V3 else extra_modules
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # noqa: BLE001 - only a speed-up; the task imports it itself
+            missing.append(name)
+            if name in extra_modules:
+                log.warning("forklift: [forklift] preload_modules: could not import %s: %s", name, exc)
+    if AIRFLOW_V3:
+        try:
+            from airflow.sdk.api import client
+
+            client.Client._get_ssl_context_cached(client.API_SSL_CA_FILE_PATH, client.API_SSL_CERT_PATH)
+            client.get_hostname()
+            client.getuser()
+        except Exception as exc:  # noqa: BLE001 - only a speed-up: each task fills them itself otherwise
+            log.debug("forklift: could not pre-fill the Task SDK's caches: %s", exc)
+    return missing
 
 
 def dispose_inherited_db_pool() -> None:

@@ -15,7 +15,7 @@ from airflow.executors.base_executor import BaseExecutor
 
 from forklift import airflow_compat as compat
 from forklift.jobs import FAILED, RUNNING, SUCCESS, Result
-from forklift.settings import Settings, load_settings
+from forklift.settings import RunMode, Settings, load_settings
 from forklift.shutdown import SecondSignal
 from forklift.strategies import _Strategy, make_strategy
 
@@ -46,7 +46,10 @@ class LocalExecutor(BaseExecutor):
         team_name = kwargs.get("team_name")
         lookup = compat.config_lookup(team_name)
         self.settings: Settings = load_settings(lookup, parallelism=parallelism)
-        super().__init__(compat.base_parallelism(self.settings.parallelism, lookup), *args, **kwargs)
+        # The slots the scheduler sees: the workers, plus the tasks held ready for them (prefetch).
+        slots = compat.base_parallelism(self.settings.parallelism, lookup) + self.settings.prefetch
+        super().__init__(slots, *args, **kwargs)
+        self._core_cap = compat.scheduler_cap(lookup)
         self.impl: _Strategy | None = None
         # What to report for each dispatched key: the workload's own success/failure states.
         self._outcome_states: dict[Hashable, tuple[Any, Any]] = {}
@@ -69,19 +72,35 @@ class LocalExecutor(BaseExecutor):
 
     def start(self) -> None:
         self._server = compat.execution_api_url(getattr(self, "conf", None))  # Airflow 2 has no ExecutorConf
+        if self.settings.run_mode is RunMode.FORK:
+            compat.warm_task_caches(self.settings.preload_modules)  # before any worker forks: every task inherits them
         self.impl = make_strategy(
             self.settings.parallelism,
             kill_grace=self.settings.kill_grace,
             worker_init=compat.dispose_inherited_db_pool,
             max_tasks_per_child=self.settings.max_tasks_per_child,
             max_memory_per_child=self.settings.max_memory_per_child,
+            prefetch=self.settings.prefetch,
         )
         self.impl.start()
+        if self._core_cap is not None and self.settings.prefetch and self.parallelism > self._core_cap:
+            self.log.warning(
+                "forklift: [core] parallelism = %d caps what the scheduler queues across all executors, below "
+                "forklift's %d slots (%d workers × [forklift] prefetch_multiplier %d); raise [core] parallelism "
+                "to %d for the prefetch to take effect.",
+                self._core_cap,
+                self.parallelism,
+                self.settings.parallelism,
+                self.settings.prefetch_multiplier,
+                self.parallelism,
+            )
         self.log.info(
-            "forklift started: %s, parallelism %d, run mode %s",
+            "forklift started: %s, parallelism %d, run mode %s, prefetch %d (scheduler slots %d)",
             self.settings.strategy_name,
             self.settings.parallelism,
             self.settings.run_mode.value,
+            self.settings.prefetch,
+            self.parallelism,
         )
 
     # -- dispatch (Airflow 3) --------------------------------------------------------------

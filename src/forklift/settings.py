@@ -45,12 +45,29 @@ class Settings:
     max_memory_per_child: int = 0
     #: Seconds past a task's execution_timeout before forklift stops it from outside (-1: never).
     timeout_grace: float = 30.0
+    #: LimitedParallelism: how many tasks forklift accepts per worker (as Celery's
+    #: ``worker_prefetch_multiplier``). 1: a task is queued only when a worker is free. More: the
+    #: extra ones wait on the task queue, and a worker that finishes starts the next at once instead
+    #: of after the scheduler's next loop (which sleeps up to 1 s when it thinks it is idle).
+    prefetch_multiplier: int = 4
+    #: Modules imported in the scheduler before workers fork, so that no task imports them itself.
+    preload_modules: tuple[str, ...] = ()
     #: Airflow 3: wake the Task SDK supervisor when its task process exits (see supervisor_wake).
     wake_supervisor: bool = True
 
     @property
     def unlimited(self) -> bool:
         return self.parallelism == 0
+
+    @property
+    def prefetch(self) -> int:
+        """Tasks held ready beyond the running ones (LimitedParallelism only)."""
+        return 0 if self.unlimited else self.parallelism * (self.prefetch_multiplier - 1)
+
+    @property
+    def slots(self) -> int:
+        """Tasks forklift accepts at once, running or held ready (0: no limit of forklift's own)."""
+        return self.parallelism + self.prefetch
 
     @property
     def strategy_name(self) -> str:
@@ -169,6 +186,19 @@ def load_settings(lookup: Lookup, *, parallelism: int | None = None) -> Settings
     else:
         timeout_grace = seconds("timeout_grace", Settings.timeout_grace)
 
+    raw_multiplier = lookup(SECTION, "prefetch_multiplier")
+    if raw_multiplier is None:
+        multiplier = Settings.prefetch_multiplier
+    else:
+        multiplier = parse_int(raw_multiplier, section=SECTION, key="prefetch_multiplier", minimum=1, maximum=1000)
+    preload = tuple(m.strip() for m in (lookup(SECTION, "preload_modules") or "").split(",") if m.strip())
+    bad = [m for m in preload if not all(part.isidentifier() for part in m.split("."))]
+    if bad:
+        raise ConfigError(
+            f"{_describe(SECTION, 'preload_modules')} names {', '.join(map(repr, bad))}, which is not a module "
+            "name; give a comma-separated list like 'pandas, my_company.operators'."
+        )
+
     raw_wake = lookup(SECTION, "wake_supervisor")
     wake = True if raw_wake is None else parse_bool(raw_wake, section=SECTION, key="wake_supervisor")
 
@@ -180,5 +210,7 @@ def load_settings(lookup: Lookup, *, parallelism: int | None = None) -> Settings
         max_tasks_per_child=count("max_tasks_per_child", 1_000_000_000),
         max_memory_per_child=count("max_memory_per_child", 1_048_576),  # 1 TiB, in MiB
         timeout_grace=timeout_grace,
+        prefetch_multiplier=multiplier,
+        preload_modules=preload,
         wake_supervisor=wake,
     )

@@ -71,6 +71,16 @@ class _DrainableQueue(queue.Queue):  # type: ignore[type-arg]
     results one ``get_nowait()`` at a time would pay that per result.
     """
 
+    def remove(self, seq: int) -> bool:
+        """Take the job with this dispatch number off the queue, if no worker has taken it yet."""
+        with self.mutex:
+            for item in self.queue:
+                if isinstance(item, tuple) and item and item[0] == seq:
+                    self.queue.remove(item)
+                    self.not_full.notify()
+                    return True
+        return False
+
     def drain(self, limit: int) -> list[Any]:
         items: list[Any] = []
         with self.mutex:
@@ -179,6 +189,8 @@ class _Strategy:
         if dispatch is None:
             return "unknown"
         self.counters["revokes"] += 1
+        if dispatch.worker_pid is None and self._take_back(dispatch):
+            return "withdrawn"
         self._revoked.add(dispatch.seq)
         if dispatch.task_pid:
             self._stop_group(dispatch.task_pid)
@@ -296,6 +308,10 @@ class _Strategy:
 
     def _withdraw_pending(self) -> list[Result]:
         return []
+
+    def _take_back(self, dispatch: _Dispatch) -> bool:
+        """Take a handed-over job back before any worker starts it; False if that is too late."""
+        return False
 
     def _workers(self) -> Iterable[_Worker]:
         raise NotImplementedError
@@ -498,17 +514,21 @@ class UnlimitedParallelism(_Strategy):
 class LimitedParallelism(_Strategy):
     """Exactly ``parallelism`` ``QueuedLocalWorker`` processes fed from a task queue.
 
-    Jobs wait here, highest priority first, and go onto the task queue only when a worker is
-    free, so a queued job never sits behind a busy worker and can still be withdrawn.
+    Jobs wait here, highest priority first. At most ``parallelism + prefetch`` are on the task queue
+    or running at once: the ``prefetch`` extra ones are taken by the first worker that comes free,
+    without waiting for the next ``poll()``. Until a worker takes it, a job can still be withdrawn.
     """
 
-    def __init__(self, parallelism: int, **options: Any) -> None:
+    def __init__(self, parallelism: int, *, prefetch: int = 0, **options: Any) -> None:
         if parallelism <= 0:
             raise ValueError(
                 f"LimitedParallelism needs parallelism >= 1, got {parallelism!r}; use UnlimitedParallelism for 0."
             )
+        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
+            raise ValueError(f"prefetch={prefetch!r} is invalid: use 0 or a positive number of jobs.")
         super().__init__(**options)
         self.parallelism = parallelism
+        self.prefetch = prefetch
         self.task_queue: Any = None
         self._pool: dict[int, QueuedLocalWorker] = {}
         self._pending: list[tuple[int, int, Job]] = []
@@ -566,7 +586,7 @@ class LimitedParallelism(_Strategy):
         return sum(1 for pid, w in self._pool.items() if pid not in self._stale and w.is_alive())
 
     def _feed(self) -> None:
-        while self._pending and len(self._dispatched) < self.parallelism and not self._ending:
+        while self._pending and len(self._dispatched) < self.parallelism + self.prefetch and not self._ending:
             _, _, job = heapq.heappop(self._pending)
             self._pending_keys.discard(job.key)
             dispatch = self._dispatched[job.key] = _Dispatch(job)
@@ -607,13 +627,30 @@ class LimitedParallelism(_Strategy):
         return out
 
     def _withdraw_pending(self) -> list[Result]:
-        results = [
-            Result(job.key, FAILED, "withdrawn: forklift was shutting down before it started", 0)
-            for _, _, job in self._pending
-        ]
+        reason = "withdrawn: forklift was shutting down before it started"
+        results = [Result(job.key, FAILED, reason, 0) for _, _, job in self._pending]
         self._pending.clear()
         self._pending_keys.clear()
+        # Prefetched jobs no worker has taken yet must not run before the workers' stop messages.
+        try:
+            handed = self.task_queue.drain(_DRAIN_BATCH)
+        except _CHANNEL_ERRORS:
+            handed = []
+        for item in handed:
+            if not item:
+                continue
+            seq, job = item
+            dispatch = self._dispatched.get(job.key)
+            if dispatch is not None and dispatch.seq == seq:
+                del self._dispatched[job.key]
+                results.append(Result(job.key, FAILED, reason, 0))
         return results
+
+    def _take_back(self, dispatch: _Dispatch) -> bool:
+        try:
+            return bool(self.task_queue.remove(dispatch.seq))
+        except _CHANNEL_ERRORS:
+            return False
 
     def _workers(self) -> Iterable[_Worker]:
         return list(self._pool.values())
@@ -646,15 +683,16 @@ def make_strategy(parallelism: int, **options: Any) -> _Strategy:
     """``0`` → :class:`UnlimitedParallelism`; ``N > 0`` → :class:`LimitedParallelism` with N workers.
 
     ``options`` are :class:`_Strategy`'s: ``kill_grace``, ``worker_init``, ``max_tasks_per_child``,
-    ``max_memory_per_child``.
+    ``max_memory_per_child``; and ``prefetch``, which only LimitedParallelism uses.
     """
+    prefetch = options.pop("prefetch", 0)
     if isinstance(parallelism, bool) or not isinstance(parallelism, int) or parallelism < 0:
         raise ValueError(
             f"parallelism={parallelism!r} is invalid: use 0 (one process per task) or a positive number of workers."
         )
     if parallelism == 0:
         return UnlimitedParallelism(**options)
-    return LimitedParallelism(parallelism, **options)
+    return LimitedParallelism(parallelism, prefetch=prefetch, **options)
 
 
 def _close_dead(worker: _Worker) -> None:

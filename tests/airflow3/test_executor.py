@@ -56,8 +56,8 @@ def test_constructed_the_way_a_team_executor_is(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("AIRFLOW__FORKLIFT__PARALLELISM", "2")
     monkeypatch.setenv("AIRFLOW__TEAM_A___FORKLIFT__PARALLELISM", "3")
     team_a = forklift.LocalExecutor(team_name="team_a")
-    assert team_a.team_name == "team_a" and team_a.parallelism == 3  # the team's own value
-    assert forklift.LocalExecutor(team_name="team_b").parallelism == 2  # the deployment's
+    assert team_a.team_name == "team_a" and team_a.settings.parallelism == 3  # the team's own value
+    assert forklift.LocalExecutor(team_name="team_b").settings.parallelism == 2  # the deployment's
 
 
 def test_unlimited_offers_core_parallelism_slots(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -85,7 +85,8 @@ def test_limited_from_config_and_run_mode(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("AIRFLOW__FORKLIFT__PARALLELISM", "3")
     monkeypatch.setenv("AIRFLOW__CORE__EXECUTE_TASKS_NEW_PYTHON_INTERPRETER", "True")
     ex = forklift.LocalExecutor()
-    assert (ex.parallelism, ex.settings.run_mode) == (3, RunMode.SUBPROCESS)
+    assert (ex.settings.parallelism, ex.settings.run_mode) == (3, RunMode.SUBPROCESS)
+    assert ex.parallelism == 3 * 4  # the slots the scheduler sees: [forklift] prefetch_multiplier 4 by default
     ex.start()
     try:
         assert isinstance(ex.impl, LimitedParallelism) and len(ex.impl.worker_pids()) == 3
@@ -112,8 +113,9 @@ class TestWorkloadToJob:
 
 def _gated_job(workload, **_: object) -> Job:  # noqa: ANN001 - stands in for workload_to_job
     """A job that runs until its gate file is removed: lets the test hold a slot as long as it likes."""
-    code = "import os, sys, time\nwhile os.path.exists(sys.argv[1]): time.sleep(0.01)"
-    return Job(workload.key, Command([sys.executable, "-c", code, GATES[workload.ti.task_id]]), title=workload.ti.task_id)
+    gate = GATES[workload.ti.task_id]
+    code = "import os, sys, time\nopen(sys.argv[1] + '.started', 'w').close()\nwhile os.path.exists(sys.argv[1]): time.sleep(0.01)"
+    return Job(workload.key, Command([sys.executable, "-c", code, gate]), title=workload.ti.task_id)
 
 
 GATES: dict[str, str] = {}
@@ -122,6 +124,7 @@ GATES: dict[str, str] = {}
 def test_slot_held_until_result(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     """A dispatched workload counts in ``running`` until its result is read: the scheduler's backpressure."""
     monkeypatch.setattr(compat, "workload_to_job", _gated_job)
+    monkeypatch.setenv("AIRFLOW__FORKLIFT__PREFETCH_MULTIPLIER", "1")  # strict: a slot is a running task
     ex = forklift.LocalExecutor(parallelism=2)
     ex.start()
     try:
@@ -145,6 +148,50 @@ def test_slot_held_until_result(monkeypatch: pytest.MonkeyPatch, tmp_path) -> No
         assert ex.get_event_buffer()[first][0] == TaskInstanceState.SUCCESS
         ex.heartbeat()
         assert len(ex.running) == 2 and not ex.queued_tasks
+    finally:
+        for gate in tmp_path.iterdir():
+            gate.unlink()
+        ex.end()
+    assert not ex.running
+
+
+def _wait_for(path, timeout: float = 30) -> bool:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return path.exists()
+
+
+def test_prefetched_work_starts_without_waiting_for_the_scheduler(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """With prefetch_multiplier 2 and 2 workers the scheduler sees 4 slots; the 2 tasks held ready start
+    the moment a worker frees, with no heartbeat in between, and one still waiting can be revoked unrun."""
+    monkeypatch.setattr(compat, "workload_to_job", _gated_job)
+    monkeypatch.setenv("AIRFLOW__FORKLIFT__PREFETCH_MULTIPLIER", "2")
+    ex = forklift.LocalExecutor(parallelism=2)
+    assert ex.parallelism == 4
+    ex.start()
+    try:
+        workloads = [make_workload(f"t{i}") for i in range(5)]
+        for w in workloads:
+            (tmp_path / w.ti.task_id).touch()
+            GATES[w.ti.task_id] = str(tmp_path / w.ti.task_id)
+            ex.queue_workload(w, session=None)
+        ex.heartbeat()
+        assert len(ex.running) == 4 and len(ex.queued_tasks) == 1 and ex.slots_available <= 0
+        started = [tmp_path / f"t{i}.started" for i in range(4)]
+        assert _wait_for(started[0]) and _wait_for(started[1])
+        assert not started[2].exists() and not started[3].exists()  # only 2 workers
+        # A task held ready is withdrawn without ever starting.
+        ex.revoke_task(ti=workloads[3].ti)
+        assert workloads[3].key not in ex.running
+        (tmp_path / "t0").unlink()  # t0 ends; no heartbeat, no sync: t2 must start on its own
+        assert _wait_for(started[2]), "a prefetched task waited for the scheduler"
+        (tmp_path / "t1").unlink()
+        deadline = time.monotonic() + 30
+        while len(ex.running) > 1 and time.monotonic() < deadline:
+            ex.sync()
+            time.sleep(0.02)
+        assert not started[3].exists(), "a revoked task ran"
     finally:
         for gate in tmp_path.iterdir():
             gate.unlink()

@@ -106,3 +106,24 @@ def test_wake_supervisor(raw: str | None, expected: bool) -> None:
 def test_bad_wake_supervisor(raw: str) -> None:
     with pytest.raises(ConfigError, match=r"\[forklift\] wake_supervisor .*AIRFLOW__FORKLIFT__WAKE_SUPERVISOR.* is not a boolean"):
         load_settings(lookup_from({("forklift", "wake_supervisor"): raw}), parallelism=1)
+
+
+def test_prefetch_multiplier_sets_the_slots() -> None:
+    s = load_settings(lookup_from({}), parallelism=4)
+    assert (s.prefetch_multiplier, s.prefetch, s.slots) == (4, 12, 16)  # Celery's default multiplier
+    s = load_settings(lookup_from({("forklift", "prefetch_multiplier"): "1"}), parallelism=4)
+    assert (s.prefetch, s.slots) == (0, 4)  # strict: a slot is a running task
+    assert load_settings(lookup_from({}), parallelism=0).prefetch == 0  # unlimited holds nothing back
+
+
+@pytest.mark.parametrize("raw", ["0", "-1", "x", "", "1001"])
+def test_bad_prefetch_multiplier(raw: str) -> None:
+    with pytest.raises(ConfigError, match=r"\[forklift\] prefetch_multiplier .*AIRFLOW__FORKLIFT__PREFETCH_MULTIPLIER"):
+        load_settings(lookup_from({("forklift", "prefetch_multiplier"): raw}), parallelism=1)
+
+
+def test_preload_modules() -> None:
+    s = load_settings(lookup_from({("forklift", "preload_modules"): " pandas, my_co.operators ,"}), parallelism=1)
+    assert s.preload_modules == ("pandas", "my_co.operators")
+    with pytest.raises(ConfigError, match=r"\[forklift\] preload_modules .*'my-co.ops'.* is not a module name"):
+        load_settings(lookup_from({("forklift", "preload_modules"): "pandas, my-co.ops"}), parallelism=1)

@@ -267,3 +267,27 @@ def test_poll_does_not_block(strategy: _Strategy, fifo: Path, tmp_path: Path) ->
     assert strategy.poll() == []
     fifo.write_text("go")
     assert wait_for_results(strategy, {"k"})["k"].state == SUCCESS
+
+
+def test_prefetched_jobs_are_withdrawn_at_shutdown_not_run(tmp_path: Path) -> None:
+    """Jobs held ready on the task queue have not started: end() withdraws them (FAILED, with the reason)
+    instead of letting the worker run them before its stop message."""
+    fifo = tmp_path / "gate"
+    os.mkfifo(fifo)  # never written: the first job runs until end() stops it
+    s = LimitedParallelism(1, prefetch=2)
+    s.start()
+    try:
+        s.submit(Job("running", ForkCall(jobfns.wait_for_gate, (str(fifo), str(tmp_path / "running"), "x")), title="running"))
+        for key in ("held_1", "held_2"):
+            s.submit(Job(key, ForkCall(jobfns.append, (str(tmp_path / key), "ran")), title=key))
+        deadline = time.monotonic() + 30
+        while not any(r.key == "running" and r.state == RUNNING for r in s.poll(timeout=0.1)):
+            assert time.monotonic() < deadline, "the first job never started"
+        assert s.task_queue.qsize() == 2  # handed over at once, waiting for the busy worker: the prefetch
+        results = {r.key: r for r in s.end(timeout=0.5)}
+        assert results["running"].state == FAILED  # still blocked when the deadline passed: stopped
+        for key in ("held_1", "held_2"):
+            assert results[key].state == FAILED and "shutting down before it started" in results[key].info
+            assert not (tmp_path / key).exists(), f"{key} ran during shutdown"
+    finally:
+        s.terminate()

@@ -1,0 +1,167 @@
+"""``make bench``: forklift against Airflow's own LocalExecutor on this machine, in the same run.
+
+Prints a Markdown table and each target with PASS/FAIL, and writes the same data as JSON (plus a
+PNG chart of the end-to-end comparison) under ``benchmarks/results/``. A benchmark, not a test: a
+missed target is reported, never an error exit.
+
+    python benchmarks/bench.py                 # engine + end to end, 3 runs each
+    python benchmarks/bench.py --runs 5 --parallelism 4
+    python benchmarks/bench.py --skip-e2e      # engine only (no Airflow processes)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import e2e_bench  # noqa: E402
+import engine_bench  # noqa: E402
+import report  # noqa: E402
+
+from forklift import __version__  # noqa: E402
+from forklift.testing.postgres import PostgresServer  # noqa: E402
+from forklift.testing.stack import AirflowStack, airflow_major  # noqa: E402
+
+
+def configs(parallelisms: list[int]) -> list[e2e_bench.Config]:
+    """forklift and Airflow's own alternate; parallelism 0 exists for forklift only."""
+    out = []
+    for p in parallelisms:
+        out.append(e2e_bench.Config("forklift", p))
+        if p > 0:
+            out.append(e2e_bench.Config("airflow", p))
+    return out
+
+
+def parse_env(pairs: list[str]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.startswith("AIRFLOW__FORKLIFT__"):
+            raise SystemExit(f"--forklift-env {pair!r}: expected AIRFLOW__FORKLIFT__<KEY>=<value>")
+        env[key] = value
+    return env
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=int(os.environ.get("BENCH_RUNS", "3")), help="runs per configuration (≥ 3)")
+    parser.add_argument("--parallelism", default="4,32,0", help="comma-separated; 0 runs forklift only")
+    parser.add_argument("--dags", default="python,bash", help="comma-separated: python, bash")
+    parser.add_argument("--skip-e2e", action="store_true", help="engine benchmarks only")
+    parser.add_argument("--skip-engine", action="store_true", help="end-to-end benchmarks only")
+    parser.add_argument("--quick", action="store_true", help="fewer engine samples (for a smoke run)")
+    parser.add_argument(
+        "--forklift-env", action="append", default=[], metavar="AIRFLOW__FORKLIFT__KEY=VALUE",
+        help="extra forklift setting for its scheduler runs (repeatable), e.g. to compare prefetch values",
+    )
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--keep-home", action="store_true", help="keep the AIRFLOW_HOME (component logs) for a profile")
+    args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    parallelisms = [int(p) for p in args.parallelism.split(",") if p.strip()]
+    dags = [d.strip() for d in args.dags.split(",") if d.strip()]
+    extra_env = parse_env(args.forklift_env)
+
+    import airflow
+
+    major = airflow_major()
+    started = time.monotonic()
+    result: dict[str, Any] = {
+        "meta": {
+            "forklift": __version__,
+            "airflow": airflow.__version__,
+            "database": "SQLite" if major >= 3 else "PostgreSQL 15",
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "cpu_model": _cpu_model(),
+            "load_before": list(os.getloadavg()),
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "runs": args.runs,
+            "forklift_env": extra_env,
+        },
+        "runs": [],
+        "summary": [],
+        "engine": None,
+    }
+    if not args.skip_engine:
+        print("engine benchmarks (no scheduler) …", flush=True)
+        result["engine"] = engine_bench.run(major, quick=args.quick)
+    if not args.skip_e2e:
+        print(f"end to end on Airflow {airflow.__version__}: {args.runs} run(s) × {len(configs(parallelisms))} configurations …", flush=True)
+        result["runs"] = run_e2e(args.runs, configs(parallelisms), dags, extra_env, major, keep_home=args.keep_home)
+        result["summary"] = report.summarize(result["runs"])
+    result["meta"]["load_after"] = list(os.getloadavg())
+    result["meta"]["took_s"] = round(time.monotonic() - started)
+    result["targets"] = report.targets(result["summary"], result["engine"], dags if not args.skip_e2e else [])
+
+    table = report.markdown(result)
+    print()
+    print(table)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = f"bench-airflow{airflow.__version__}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}"
+    json_path = args.out / f"{stem}.json"
+    json_path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    (args.out / f"latest-airflow{major}.md").write_text(table)
+    (args.out / f"latest-airflow{major}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    written = [json_path, args.out / f"latest-airflow{major}.md"]
+    png = args.out / f"latest-airflow{major}.png"
+    if report.chart(result, png):
+        written.append(png)
+    print("written: " + ", ".join(str(p.relative_to(Path.cwd()) if p.is_relative_to(Path.cwd()) else p) for p in written))
+    print(f"(benchmark took {result['meta']['took_s']} s)")
+    return 0
+
+
+def run_e2e(
+    runs: int, cfgs: list[e2e_bench.Config], dags: list[str], extra_env: dict[str, str], major: int, *, keep_home: bool = False
+) -> list[dict[str, Any]]:
+    home = Path(tempfile.mkdtemp(prefix="forklift-bench-"))
+    if keep_home:
+        print(f"AIRFLOW_HOME={home} (kept)", flush=True)
+    database = None
+    if major < 3:  # Airflow 2 refuses SQLite with any parallel executor
+        database = PostgresServer()
+        database.start()
+    try:
+        env = {
+            # Nothing but the executor may limit concurrency.
+            "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "256",
+        }
+        with AirflowStack(home, e2e_bench.DAGS, sql_alchemy_conn=database.url if database else None, env=env) as stack:
+            stack.migrate()
+            stack.start_services()
+            return e2e_bench.run(stack, cfgs, runs, dags, extra_env)
+    finally:
+        if database is not None:
+            database.stop()
+        if not keep_home:
+            import shutil
+
+            shutil.rmtree(home, ignore_errors=True)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""Summaries, targets, the Markdown table, and the chart for one benchmark result."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+METRICS = ("wall_s", "q2r_p50_s", "q2r_p95_s", "duration_p50_s", "peak_concurrency", "peak_pss_mb")
+
+
+def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Median and min–max of each metric per (config, DAG), in the order configs first appear."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in runs:
+        groups[(r["config"], r["dag"])].append(r)
+    out = []
+    for (config, dag), rs in groups.items():
+        row: dict[str, Any] = {
+            "config": config,
+            "executor": rs[0]["executor"],
+            "parallelism": rs[0]["parallelism"],
+            "dag": dag,
+            "runs": len(rs),
+            "all_succeeded": all(r["succeeded"] == r["tasks"] for r in rs),
+        }
+        for m in METRICS:
+            values = [r[m] for r in rs if not math.isnan(r[m])]
+            row[m] = {
+                "median": statistics.median(values) if values else math.nan,
+                "min": min(values, default=math.nan),
+                "max": max(values, default=math.nan),
+            }
+        out.append(row)
+    return out
+
+
+def _find(summary: list[dict[str, Any]], executor: str, parallelism: int, dag: str) -> dict[str, Any] | None:
+    for row in summary:
+        if (row["executor"], row["parallelism"], row["dag"]) == (executor, parallelism, dag):
+            return row
+    return None
+
+
+def ratio(summary: list[dict[str, Any]], parallelism: int, dag: str, metric: str) -> float:
+    ours, theirs = _find(summary, "forklift", parallelism, dag), _find(summary, "airflow", parallelism, dag)
+    if not ours or not theirs or not theirs[metric]["median"]:
+        return math.nan
+    return ours[metric]["median"] / theirs[metric]["median"]
+
+
+def targets(summary: list[dict[str, Any]], engine: dict[str, Any] | None, dags: list[str]) -> list[dict[str, Any]]:
+    """Each target with its measured value and PASS/FAIL (NOT RUN when its part was skipped)."""
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, value: float, limit: float, unit: str = "") -> None:
+        status = "NOT RUN" if math.isnan(value) else ("PASS" if value <= limit else "FAIL")
+        out.append({"target": name, "value": value, "limit": limit, "unit": unit, "status": status})
+
+    for dag in dags:
+        add(f"p=4 {dag}: wall ÷ Airflow's", ratio(summary, 4, dag, "wall_s"), 0.5, "×")
+        row = _find(summary, "forklift", 4, dag)
+        add(f"p=4 {dag}: queued→running p50", row["q2r_p50_s"]["median"] if row else math.nan, 1.0, "s")
+        add(f"p=32 {dag}: wall ÷ Airflow's", ratio(summary, 32, dag, "wall_s"), 0.8, "×")
+        add(f"p=32 {dag}: scheduler-tree PSS ÷ Airflow's", ratio(summary, 32, dag, "peak_pss_mb"), 1.0, "×")
+    nan = math.nan
+    e = engine or {}
+    add("engine: fork dispatch p50", e.get("fork_dispatch_s", {}).get("p50", nan) * 1000, 10.0, "ms")
+    add("engine: subprocess dispatch ÷ bare interpreter start", e.get("subprocess_over_bare", nan), 1.1, "×")
+    add("engine: sync() drains 1,000 results", e.get("sync_drain_1000_s", {}).get("median", nan) * 1000, 20.0, "ms")
+    add("engine: idle worker USS", e.get("idle_worker_uss_mb", {}).get("median", nan), 10.0, "MB")
+    return out
+
+
+def _cell(stat: dict[str, float], fmt: str) -> str:
+    if math.isnan(stat["median"]):
+        return "–"
+    return f"{stat['median']:{fmt}} ({stat['min']:{fmt}}–{stat['max']:{fmt}})"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    meta = result["meta"]
+    lines = [
+        f"forklift {meta['forklift']} · Airflow {meta['airflow']} ({meta['database']}) · Python {meta['python']} · "
+        f"{meta['cpus']} CPUs · load {meta['load_before'][0]:.2f} before, {meta['load_after'][0]:.2f} after · "
+        f"{meta['runs']} runs each, executors alternating · {meta['date']}",
+        "",
+    ]
+    summary = result["summary"]
+    if summary:
+        lines += [
+            "| executor | DAG | wall s | q→run p50 s | q→run p95 s | duration p50 s | peak concurrent | peak PSS MB | wall ÷ Airflow's |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for row in summary:
+            r = ratio(summary, row["parallelism"], row["dag"], "wall_s") if row["executor"] == "forklift" else math.nan
+            lines.append(
+                f"| {row['config']}{'' if row['all_succeeded'] else ' ⚠ not all succeeded'} | {row['dag']} "
+                f"| {_cell(row['wall_s'], '.1f')} | {_cell(row['q2r_p50_s'], '.2f')} | {_cell(row['q2r_p95_s'], '.2f')} "
+                f"| {_cell(row['duration_p50_s'], '.2f')} | {_cell(row['peak_concurrency'], '.0f')} "
+                f"| {_cell(row['peak_pss_mb'], '.0f')} | {'–' if math.isnan(r) else f'{r:.2f}×'} |"
+            )
+        lines.append("")
+    engine = result.get("engine")
+    if engine:
+        t = engine["throughput_per_s"]
+        lines += [
+            "| engine | value |",
+            "|---|---|",
+            f"| fork dispatch p50 / p95 | {engine['fork_dispatch_s']['p50'] * 1000:.1f} / {engine['fork_dispatch_s']['p95'] * 1000:.1f} ms |",
+            f"| subprocess dispatch p50 / p95 | {engine['subprocess_dispatch_s']['p50']:.3f} / {engine['subprocess_dispatch_s']['p95']:.3f} s |",
+            f"| bare interpreter + `import {engine['task_import']}` p50 | {engine['bare_interpreter_s']['p50']:.3f} s |",
+            f"| throughput, LimitedParallelism(4) fork / subprocess | {t['limited_4_fork']:.0f} / {t['limited_4_subprocess']:.0f} items/s |",
+            f"| throughput, UnlimitedParallelism fork / subprocess | {t['unlimited_fork']:.0f} / {t['unlimited_subprocess']:.0f} items/s |",
+            f"| `sync()` reading 1,000 results, median (min–max) | {engine['sync_drain_1000_s']['median'] * 1000:.1f} ({engine['sync_drain_1000_s']['min'] * 1000:.1f}–{engine['sync_drain_1000_s']['max'] * 1000:.1f}) ms |",
+            f"| idle worker USS, median (max) | {engine['idle_worker_uss_mb']['median']:.1f} ({engine['idle_worker_uss_mb']['max']:.1f}) MB |",
+            "",
+        ]
+    lines += ["| target | measured | limit | result |", "|---|---|---|---|"]
+    for t in result["targets"]:
+        value = "–" if math.isnan(t["value"]) else f"{t['value']:.2f} {t['unit']}".strip()
+        lines.append(f"| {t['target']} | {value} | ≤ {t['limit']:g} {t['unit']} | {t['status']} |")
+    return "\n".join(lines) + "\n"
+
+
+def chart(result: dict[str, Any], path: Path) -> bool:
+    """Bars of median wall time and queued→running p50 per configuration, min–max as error bars."""
+    summary = result["summary"]
+    if not summary:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dags = sorted({r["dag"] for r in summary})
+    configs = list(dict.fromkeys(r["config"] for r in summary))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    width = 0.8 / max(1, len(dags))
+    for ax, metric, title in ((axes[0], "wall_s", "DAG run wall time (s)"), (axes[1], "q2r_p50_s", "queued → running p50 (s)")):
+        for i, dag in enumerate(dags):
+            xs, meds, lo, hi = [], [], [], []
+            for j, config in enumerate(configs):
+                row = next((r for r in summary if r["config"] == config and r["dag"] == dag), None)
+                if row is None:
+                    continue
+                stat = row[metric]
+                xs.append(j + i * width)
+                meds.append(stat["median"])
+                lo.append(stat["median"] - stat["min"])
+                hi.append(stat["max"] - stat["median"])
+            ax.bar(xs, meds, width, yerr=[lo, hi], capsize=3, label=f"{dag} DAG")
+        ax.set_xticks([j + width * (len(dags) - 1) / 2 for j in range(len(configs))])
+        ax.set_xticklabels(configs, rotation=20, ha="right")
+        ax.set_title(title)
+        ax.legend()
+    meta = result["meta"]
+    fig.suptitle(f"forklift vs Airflow's LocalExecutor — Airflow {meta['airflow']}, 50 no-op tasks, {meta['cpus']} CPUs")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
