@@ -11,7 +11,7 @@ PY3 := $(VENV3)/bin/python
 PY2 := $(VENV2)/bin/python
 DEMO_PY := $(if $(filter 2,$(AIRFLOW_LINE)),$(PY2),$(PY3))
 
-.PHONY: demo test test-airflow3 test-airflow2 venv venv2 lock-airflow3 lock-airflow2 clean
+.PHONY: demo test test-airflow3 test-airflow2 bench venv venv2 lock-airflow3 lock-airflow2 clean
 
 venv: $(VENV3)/.installed
 venv2: $(VENV2)/.installed
@@ -33,6 +33,13 @@ $(VENV2)/.installed: requirements/airflow-2.11.txt pyproject.toml
 
 demo: $(if $(filter 2,$(AIRFLOW_LINE)),venv2,venv)
 	$(DEMO_PY) examples/demo.py $(if $(COMPARE),--compare) $(if $(PARALLELISM),--parallelism $(PARALLELISM)) $(if $(RUN_MODE),--run-mode $(RUN_MODE))
+
+# forklift against Airflow's own LocalExecutor, same machine, same run (AIRFLOW_LINE=2: Airflow 2.11 on
+# PostgreSQL). Prints the table and the targets; writes benchmarks/results/. BENCH_ARGS: see --help.
+BENCH_ARGS ?=
+bench: $(if $(filter 2,$(AIRFLOW_LINE)),venv2,venv)
+	$(DEMO_PY) -m pip install --quiet -r requirements/bench.txt
+	$(DEMO_PY) benchmarks/bench.py $(BENCH_ARGS)
 
 # The whole suite: the engine once, then the adapter and the real-Airflow tests on each line.
 test: test-airflow3 test-airflow2

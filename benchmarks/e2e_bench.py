@@ -44,10 +44,15 @@ class Config:
     def env(self, major: int, extra: dict[str, str]) -> dict[str, str]:
         if self.executor == "airflow":
             return {"AIRFLOW__CORE__EXECUTOR": "LocalExecutor", "AIRFLOW__CORE__PARALLELISM": str(self.parallelism)}
-        # forklift's workers come from [forklift] parallelism; [core] parallelism stays at Airflow's
-        # default (32), the cap on everything the scheduler may queue, as in a deployment.
+        # forklift's workers come from [forklift] parallelism. [core] parallelism caps everything the
+        # scheduler queues; it is set as forklift's README says (≥ workers × prefetch_multiplier), and
+        # left at Airflow's default 32 for parallelism 0.
         env = {"AIRFLOW__CORE__EXECUTOR": "forklift.LocalExecutor", "AIRFLOW__FORKLIFT__PARALLELISM": str(self.parallelism)}
-        return {**env, **extra}
+        env.update(extra)
+        if self.parallelism:
+            multiplier = int(env.get("AIRFLOW__FORKLIFT__PREFETCH_MULTIPLIER", "4"))
+            env["AIRFLOW__CORE__PARALLELISM"] = str(max(32, self.parallelism * multiplier))
+        return env
 
 
 @dataclass
