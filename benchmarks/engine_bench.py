@@ -29,6 +29,10 @@ from forklift.testing.measure import percentile
 TASK_IMPORTS = {3: "airflow.sdk.execution_time.supervisor", 2: "airflow.cli.commands.task_command"}
 
 
+#: Airflow 2 prints deprecation warnings on import; the same for both sides of the comparison.
+QUIET = {"PYTHONWARNINGS": "ignore"}
+
+
 def stamp(path: str) -> int:
     Path(path).write_text(repr(time.monotonic()))
     return 0
@@ -65,7 +69,7 @@ def dispatch_latency(mode: str, samples: int, task_import: str) -> list[float]:
                     code = f"import {task_import}, sys, time; open(sys.argv[1], 'w').write(repr(time.monotonic()))"
                     runnable = Command([sys.executable, "-c", code, out])
                 t0 = time.monotonic()
-                strategy.submit(Job(key=i, runnable=runnable, title=f"bench {i}"))
+                strategy.submit(Job(key=i, runnable=runnable, title=f"bench {i}", env=QUIET))
                 _wait_done(strategy, {i})
                 latencies.append(float(Path(out).read_text()) - t0)
         finally:
@@ -81,7 +85,7 @@ def bare_interpreter_start(samples: int, task_import: str) -> list[float]:
         for i in range(samples):
             path = os.path.join(tmp, f"bare-{i}")
             t0 = time.monotonic()
-            subprocess.run([sys.executable, "-c", code, path], check=True)
+            subprocess.run([sys.executable, "-c", code, path], check=True, env={**os.environ, **QUIET})
             out.append(float(Path(path).read_text()) - t0)
     return out
 

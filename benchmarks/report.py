@@ -118,6 +118,8 @@ def markdown(result: dict[str, Any]) -> str:
             f"| idle worker USS, median (max) | {engine['idle_worker_uss_mb']['median']:.1f} ({engine['idle_worker_uss_mb']['max']:.1f}) MB |",
             "",
         ]
+    if not str(meta["airflow"]).startswith("3."):
+        lines += ["The targets are set for Airflow 3.3; on this line they are shown for reference.", ""]
     lines += ["| target | measured | limit | result |", "|---|---|---|---|"]
     for t in result["targets"]:
         value = "–" if math.isnan(t["value"]) else f"{t['value']:.2f} {t['unit']}".strip()

@@ -12,18 +12,21 @@ Data flow (LimitedParallelism, ``[forklift] parallelism = N``)::
           running.add(key)   (slot held)  │  airflow_compat.workload_to_job
           strategy.submit(Job)            │
             pending heap (by priority) ───┼──► task_queue ───────► QueuedLocalWorker × N
-            fed only while a worker is free                           │ runners.run_job(job)
-                                                                      │   fork: os.fork() → task process
-                                                                      │   subprocess: fresh interpreter,
-                                                                      │     workload JSON on stdin
-                                                                      │ (own process group per task)
+            ≤ N × prefetch_multiplier on the  (held-ready tasks:        │ runners.run_job(job)
+            queue or running at once           the next free worker     │   fork: os.fork() → task process
+                                               takes one at once)       │     (Task SDK supervisor, woken
+                                                                        │      on its task's exit)
+                                                                        │   subprocess: fresh interpreter,
+                                                                        │     workload JSON on stdin
+                                                                        │ (own process group per task)
       sync()                                                          ▼
         strategy.poll() ◄─── result_queue ◄── Result(key, RUNNING, task_pid)
           reads without blocking          ◄── Result(key, SUCCESS | FAILED, reason)
           dead worker? → FAILED + replacement
         success()/fail()/change_state()  → event buffer → scheduler (slot released)
 
-    end(): pending withdrawn → poison pill per worker → wait ≤ shutdown_timeout
+    start(): Task SDK caches and preload_modules filled once, gc.freeze(), N workers forked
+    end(): pending and held-ready withdrawn → poison pill per worker → wait ≤ shutdown_timeout
            → terminate(): TERM, then KILL, each task's process group and worker → Manager shutdown
 
 UnlimitedParallelism (``parallelism = 0``) is the same, but ``submit`` forks one ``LocalWorker`` per
