@@ -1,0 +1,132 @@
+"""forklift as an Airflow provider: what ``airflow providers list`` / ``executors`` and ``airflow config`` know.
+
+Registered through the ``apache_airflow_provider`` entry point. :data:`CONFIG_OPTIONS` is the one
+declaration of forklift's ``[forklift]`` settings: Airflow's ``airflow config list`` /
+``get-value`` read it from here, the configuration reference is generated from it, and a test keeps
+it equal to :class:`forklift.settings.Settings`' defaults. This module imports nothing from Airflow,
+so providers discovery stays cheap.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from forklift import __version__
+
+PACKAGE_NAME = "airflow-forklift"
+
+#: ``[forklift]`` options in Airflow's provider-config format. A ``None`` default means "unset":
+#: forklift then falls back as the description says.
+CONFIG_OPTIONS: dict[str, dict[str, Any]] = {
+    "parallelism": {
+        "description": (
+            "0: one LocalWorker process per task, no limit of forklift's own (UnlimitedParallelism). "
+            "N > 0: exactly N QueuedLocalWorker processes started with the scheduler (LimitedParallelism). "
+            "Unset, [core] parallelism is used; Airflow 3 refuses [core] parallelism = 0, hence this key."
+        ),
+        "type": "integer",
+        "example": "8",
+        "default": None,
+    },
+    "run_mode": {
+        "description": (
+            "fork: each task is forked from the worker's warm process (fast). subprocess: each task runs in "
+            "a fresh interpreter (slower, picks up code changes). Unset, it follows "
+            "[core] execute_tasks_new_python_interpreter."
+        ),
+        "type": "string",
+        "example": "subprocess",
+        "default": None,
+    },
+    "prefetch_multiplier": {
+        "description": (
+            "As Celery's worker_prefetch_multiplier: with N workers forklift accepts N times this many tasks; "
+            "those beyond N wait on its task queue and start the moment a worker frees. 1: a task is queued "
+            "only when a worker is free. Keep [core] parallelism at least N times this."
+        ),
+        "type": "integer",
+        "example": "1",
+        "default": "4",
+    },
+    "shutdown_timeout": {
+        "description": (
+            "Seconds the executor's end() waits for running tasks when the scheduler stops; then they are "
+            "stopped (SIGTERM, SIGKILL after kill_grace). A second SIGTERM/SIGINT stops the wait at once."
+        ),
+        "type": "float",
+        "example": "120",
+        "default": "30",
+    },
+    "kill_grace": {
+        "description": "Seconds between SIGTERM and SIGKILL when forklift stops a task's process group.",
+        "type": "float",
+        "example": "10",
+        "default": "5",
+    },
+    "timeout_grace": {
+        "description": (
+            "Seconds past a task's execution_timeout before forklift stops it from outside, for tasks the "
+            "in-task alarm cannot reach (a blocking C call, SIGALRM ignored). -1 turns this off."
+        ),
+        "type": "float",
+        "example": "-1",
+        "default": "30",
+    },
+    "max_tasks_per_child": {
+        "description": "Replace a QueuedLocalWorker after it has run this many tasks. 0: never.",
+        "type": "integer",
+        "example": "1000",
+        "default": "0",
+    },
+    "max_memory_per_child": {
+        "description": "Replace a QueuedLocalWorker whose RSS is over this many MiB, checked between tasks. 0: never.",
+        "type": "integer",
+        "example": "2048",
+        "default": "0",
+    },
+    "preload_modules": {
+        "description": (
+            "Comma-separated modules imported once in the scheduler before workers fork (fork mode), so that "
+            "every task inherits them instead of importing them itself. The Task SDK and the standard "
+            "provider's operators are always preloaded on Airflow 3."
+        ),
+        "type": "string",
+        "example": "pandas, my_company.operators",
+        "default": "",
+    },
+    "wake_supervisor": {
+        "description": (
+            "Airflow 3: wake the Task SDK supervisor as soon as its task process exits, instead of after up "
+            "to [workers] min_heartbeat_interval."
+        ),
+        "type": "boolean",
+        "example": "False",
+        "default": "True",
+    },
+}
+
+
+def get_provider_info() -> dict[str, Any]:
+    return {
+        "package-name": PACKAGE_NAME,
+        "name": "forklift",
+        "description": "A drop-in, Airflow-compatible LocalExecutor: `forklift.LocalExecutor`.",
+        "versions": [__version__],
+        "executors": ["forklift.LocalExecutor"],
+        # Airflow 3.2+ expects a provider that ships an executor to say where its CLI commands are
+        # (otherwise it warns and imports the executor to ask it); forklift adds none to `airflow`.
+        "cli": ["forklift.provider_info.get_cli_commands"],
+        "config": {
+            "forklift": {
+                "description": "forklift.LocalExecutor: workers, run mode, prefetch, shutdown and fault handling.",
+                "options": {
+                    key: {**option, "version_added": "0.1.0"} for key, option in CONFIG_OPTIONS.items()
+                },
+            }
+        },
+    }
+
+
+def get_cli_commands() -> list[Any]:
+    """forklift's commands for the ``airflow`` CLI: none (its own CLI is the ``forklift`` command)."""
+    return []
