@@ -96,7 +96,7 @@ def execution_api_url(executor_conf: Any) -> str:
         return ""
     from airflow.executors.base_executor import get_execution_api_server_url
 
-    return get_execution_api_server_url(executor_conf)
+    return get_execution_api_server_url(conf if executor_conf is None else executor_conf)
 
 
 def workload_to_job(

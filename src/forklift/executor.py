@@ -83,7 +83,8 @@ class LocalExecutor(BaseExecutor):
             prefetch=self.settings.prefetch,
         )
         self.impl.start()
-        if self._core_cap is not None and self.settings.prefetch and self.parallelism > self._core_cap:
+        capped = self._core_cap is not None and self.settings.prefetch and self.parallelism > self._core_cap
+        if capped and not self.settings.parallelism_from_core:
             self.log.warning(
                 "forklift: [core] parallelism = %d caps what the scheduler queues across all executors, below "
                 "forklift's %d slots (%d workers × [forklift] prefetch_multiplier %d); raise [core] parallelism "

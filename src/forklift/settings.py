@@ -52,6 +52,8 @@ class Settings:
     prefetch_multiplier: int = 4
     #: Modules imported in the scheduler before workers fork, so that no task imports them itself.
     preload_modules: tuple[str, ...] = ()
+    #: True when ``parallelism`` came from ``[core] parallelism`` (``[forklift] parallelism`` unset).
+    parallelism_from_core: bool = False
     #: Airflow 3: wake the Task SDK supervisor when its task process exits (see supervisor_wake).
     wake_supervisor: bool = True
 
@@ -152,6 +154,7 @@ def load_settings(lookup: Lookup, *, parallelism: int | None = None) -> Settings
     Otherwise ``[forklift] parallelism`` is read, falling back to ``[core] parallelism``;
     forklift needs its own key because Airflow 3 refuses ``[core] parallelism = 0``.
     """
+    from_core = False
     if parallelism is None:
         raw = lookup(SECTION, "parallelism")
         section = SECTION
@@ -160,6 +163,7 @@ def load_settings(lookup: Lookup, *, parallelism: int | None = None) -> Settings
         if raw is None:
             raw = "32"  # Airflow's own default for [core] parallelism
         parallelism = parse_int(raw, section=section, key="parallelism", minimum=0, maximum=MAX_PARALLELISM)
+        from_core = section == "core"
     elif isinstance(parallelism, bool) or not isinstance(parallelism, int) or not 0 <= parallelism <= MAX_PARALLELISM:
         raise ConfigError(
             f"parallelism={parallelism!r} is invalid; pass a whole number from 0 (one process per task) "
@@ -213,4 +217,5 @@ def load_settings(lookup: Lookup, *, parallelism: int | None = None) -> Settings
         prefetch_multiplier=multiplier,
         preload_modules=preload,
         wake_supervisor=wake,
+        parallelism_from_core=from_core,
     )

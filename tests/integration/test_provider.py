@@ -42,3 +42,38 @@ def test_no_warning_about_forklifts_cli(stack: AirflowStack) -> None:
     )
     output = proc.stdout + proc.stderr
     assert "missing 'cli' section" not in output and "forklift" in output
+
+
+def _doctor(stack: AirflowStack, **env: str) -> tuple[int, str]:
+    import subprocess
+    from pathlib import Path
+
+    proc = subprocess.run(
+        [str(Path(stack.python).parent / "forklift"), "doctor"],
+        env={**stack.env, **env},
+        cwd=stack.home,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    return proc.returncode, proc.stdout
+
+
+def test_doctor_passes_a_working_deployment(stack: AirflowStack) -> None:
+    code, out = _doctor(stack)
+    assert code == 0, out
+    assert "OK    executor" in out and "OK    database" in out
+    if stack.major >= 3:
+        assert "OK    execution API" in out  # the stack's api-server answers
+
+
+def test_doctor_names_what_is_wrong(stack: AirflowStack) -> None:
+    env = {"AIRFLOW__FORKLIFT__PARALLELISM": "-1", "AIRFLOW__CORE__EXECUTOR": "LocalExecutor"}
+    if stack.major >= 3:
+        env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = "http://127.0.0.1:1/execution/"
+    code, out = _doctor(stack, **env)
+    assert code == 1, out
+    assert "FAIL  executor" in out and "'LocalExecutor' does not name forklift.LocalExecutor" in out
+    assert "FAIL  settings" in out and "[forklift] parallelism" in out and "-1" in out
+    if stack.major >= 3:
+        assert "FAIL  execution API" in out and "127.0.0.1:1/execution/health" in out
