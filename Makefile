@@ -52,9 +52,9 @@ test-airflow2: venv2
 
 # Re-pin a line's environment from what pip resolves today.
 lock-airflow3:
-	$(MAKE) _lock LINE=3.3 SPEC='apache-airflow==3.3.*'
+	$(MAKE) _lock LINE=3.3 SPEC='apache-airflow[statsd]==3.3.*'
 lock-airflow2:
-	$(MAKE) _lock LINE=2.11 SPEC='apache-airflow[postgres]==2.11.*'
+	$(MAKE) _lock LINE=2.11 SPEC='apache-airflow[postgres,statsd]==2.11.*'
 _lock:
 	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
 	.venv-lock/bin/pip install --quiet "$(SPEC)" pytest pytest-timeout

@@ -90,6 +90,17 @@ def scheduler_cap(lookup: Lookup) -> int | None:
     return cap if cap > 0 else None
 
 
+def stats() -> Any:
+    """Airflow's metrics facade: ``incr(stat, count)``, ``gauge(stat, value)``, ``timing(stat, dt)`` on both lines."""
+    if AIRFLOW_V3:
+        from airflow._shared.observability.metrics import stats as stats_module
+
+        return stats_module
+    from airflow.stats import Stats
+
+    return Stats
+
+
 def execution_api_url(executor_conf: Any) -> str:
     """Where Airflow 3 tasks reach the Execution API (Airflow 2 tasks talk to the DB instead)."""
     if not AIRFLOW_V3:

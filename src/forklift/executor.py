@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Hashable, Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.executors.base_executor import BaseExecutor
@@ -58,6 +59,7 @@ class LocalExecutor(BaseExecutor):
         # key in running (it does so after execute_async returns), so no slot leaks.
         self._refused: list[Result] = []
         self._timeouts = compat.ExecutionTimeouts()
+        self._metrics_sent: dict[str, int] = {}
 
     def __repr__(self) -> str:
         return (
@@ -162,6 +164,26 @@ class LocalExecutor(BaseExecutor):
             return
         for result in results:
             self._report(result)
+        self._emit_forklift_metrics()
+
+    def _emit_forklift_metrics(self) -> None:
+        """forklift's own metrics, through Airflow's Stats (names in docs/metrics.md)."""
+        impl = self.impl
+        if impl is None:
+            return
+        try:
+            stats = compat.stats()
+            tags = {"team_name": self.team_name} if getattr(self, "team_name", None) else None
+            for name, value in impl.counters.items():
+                delta = value - self._metrics_sent.get(name, 0)
+                if delta > 0:
+                    stats.incr(f"forklift.{name}", delta, tags=tags)
+            self._metrics_sent = dict(impl.counters)
+            stats.gauge("forklift.live_workers", len(impl.worker_pids()), tags=tags)
+            for seconds in impl.take_dispatch_latencies():
+                stats.timing("forklift.dispatch_latency", timedelta(seconds=seconds), tags=tags)
+        except Exception:  # metrics must never cost the scheduler its loop
+            self.log.debug("forklift: could not emit metrics", exc_info=True)
 
     # -- stuck in queued ([scheduler] task_queued_timeout) ----------------------------------
     def revoke_task(self, *, ti: Any) -> None:

@@ -130,6 +130,9 @@ class _Strategy:
         self.result_queue: Any = None
         #: What happened, for metrics: worker_deaths, recycles, timeouts, revokes, channel_restarts.
         self.counters: collections.Counter[str] = collections.Counter()
+        # submit() → RUNNING, per job, for the dispatch-latency metric (taken by take_dispatch_latencies).
+        self._submitted: dict[Hashable, float] = {}
+        self._latencies: list[float] = []
         self._dispatched: dict[Hashable, _Dispatch] = {}
         self._revoked: set[int] = set()  # seqs of revoked dispatches whose reports are dropped
         self._kill_at: dict[int, float] = {}  # process group → when SIGKILL follows the SIGTERM
@@ -157,6 +160,7 @@ class _Strategy:
             )
         if job.key in self._dispatched or self._is_pending(job.key):
             raise ValueError(f"job {job.key!r} is already queued or running in forklift; not running it twice.")
+        self._submitted[job.key] = time.monotonic()
         self._accept(job)
 
     def poll(self, timeout: float = 0.0) -> list[Result]:
@@ -175,13 +179,22 @@ class _Strategy:
         results.extend(self._fail_unclaimed())
         self._escalate_kills()
         self._after_poll(dead)
+        for result in results:
+            if result.state != RUNNING:
+                self._submitted.pop(result.key, None)
         return results
+
+    def take_dispatch_latencies(self) -> list[float]:
+        """Seconds from submit() to the task's process running, for each job that started since the last call."""
+        out, self._latencies = self._latencies, []
+        return out
 
     def revoke(self, key: Hashable) -> str:
         """Withdraw ``key`` if it has not started, stop its process group if it has.
 
         Returns ``"withdrawn"``, ``"stopped"`` or ``"unknown"``. Nothing more is reported for it.
         """
+        self._submitted.pop(key, None)
         if self._withdraw(key):
             self.counters["revokes"] += 1
             return "withdrawn"
@@ -388,6 +401,9 @@ class _Strategy:
         if result.state == RUNNING:
             dispatch.worker_pid = result.worker_pid
             dispatch.task_pid = result.info
+            submitted = self._submitted.get(result.key)
+            if submitted is not None:
+                self._latencies.append(time.monotonic() - submitted)
         else:
             if isinstance(result.info, str) and result.info.startswith("timed out"):
                 self.counters["timeouts"] += 1
