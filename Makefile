@@ -11,7 +11,7 @@ PY3 := $(VENV3)/bin/python
 PY2 := $(VENV2)/bin/python
 DEMO_PY := $(if $(filter 2,$(AIRFLOW_LINE)),$(PY2),$(PY3))
 
-.PHONY: demo test test-airflow3 test-airflow2 bench venv venv2 lock-airflow3 lock-airflow2 clean
+.PHONY: demo test test-airflow3 test-airflow2 bench docs venv venv2 lock-airflow3 lock-airflow2 clean
 
 venv: $(VENV3)/.installed
 venv2: $(VENV2)/.installed
@@ -41,8 +41,14 @@ bench: $(if $(filter 2,$(AIRFLOW_LINE)),venv2,venv)
 	$(DEMO_PY) -m pip install --quiet -r requirements/bench.txt
 	$(DEMO_PY) benchmarks/bench.py $(BENCH_ARGS)
 
-# The whole suite: the engine once, then the adapter and the real-Airflow tests on each line.
-test: test-airflow3 test-airflow2
+# The docs site (MkDocs, Material theme) into build/site, warnings as errors. The configuration
+# reference is generated from forklift's provider declaration (docs/hooks/config_reference.py).
+docs: venv
+	$(PY3) -m pip install --quiet -r requirements/docs.txt
+	NO_MKDOCS_2_WARNING=1 $(PY3) -m mkdocs build --strict --quiet
+
+# The whole suite: the engine once, then the adapter and the real-Airflow tests on each line; and the docs.
+test: test-airflow3 test-airflow2 docs
 
 test-airflow3: venv
 	$(PY3) -m pytest tests/engine tests/adapter tests/airflow3 tests/integration $(PYTEST_ARGS)
