@@ -58,12 +58,13 @@ test-airflow2: venv2
 
 # Re-pin a line's environment from what pip resolves today.
 lock-airflow3:
-	$(MAKE) _lock LINE=3.3 SPEC='apache-airflow[statsd]==3.3.*'
+	$(MAKE) _lock LINE=3.3 SPEC='apache-airflow[statsd,celery]==3.3.*'
 lock-airflow2:
-	$(MAKE) _lock LINE=2.11 SPEC='apache-airflow[postgres,statsd]==2.11.*'
+	$(MAKE) _lock LINE=2.11 SPEC='apache-airflow[postgres,statsd,celery]==2.11.*'
 _lock:
 	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
-	.venv-lock/bin/pip install --quiet "$(SPEC)" pytest pytest-timeout
+	# celery 5.7 dropped what apache-airflow-providers-celery 3.26 imports (celery.backends.database.retry).
+	.venv-lock/bin/pip install --quiet "$(SPEC)" "celery<5.7" pytest pytest-timeout
 	(echo "# The Airflow $(LINE) test/demo environment, pinned (Airflow's constraints files are not reachable here)."; \
 	 echo "# Regenerate: make lock-airflow$(firstword $(subst ., ,$(LINE)))"; .venv-lock/bin/pip freeze) > requirements/airflow-$(LINE).txt
 	rm -rf .venv-lock
