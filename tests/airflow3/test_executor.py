@@ -162,14 +162,16 @@ def _wait_for(path, timeout: float = 30) -> bool:  # noqa: ANN001
     return path.exists()
 
 
-def test_prefetched_work_starts_without_waiting_for_the_scheduler(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+@pytest.mark.forklift(parallelism=2, prefetch_multiplier=2)
+def test_prefetched_work_starts_without_waiting_for_the_scheduler(
+    forklift_executor, monkeypatch: pytest.MonkeyPatch, tmp_path  # noqa: ANN001 - the plugin's fixture
+) -> None:
     """With prefetch_multiplier 2 and 2 workers the scheduler sees 4 slots; the 2 tasks held ready start
-    the moment a worker frees, with no heartbeat in between, and one still waiting can be revoked unrun."""
+    the moment a worker frees, with no heartbeat in between, and one still waiting can be revoked unrun.
+    (Uses forklift's own pytest fixture, which also fails the test if a process outlives the executor.)"""
     monkeypatch.setattr(compat, "workload_to_job", _gated_job)
-    monkeypatch.setenv("AIRFLOW__FORKLIFT__PREFETCH_MULTIPLIER", "2")
-    ex = forklift.LocalExecutor(parallelism=2)
+    ex = forklift_executor.executor
     assert ex.parallelism == 4
-    ex.start()
     try:
         workloads = [make_workload(f"t{i}") for i in range(5)]
         for w in workloads:
@@ -195,5 +197,3 @@ def test_prefetched_work_starts_without_waiting_for_the_scheduler(monkeypatch: p
     finally:
         for gate in tmp_path.iterdir():
             gate.unlink()
-        ex.end()
-    assert not ex.running
