@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.executors.base_executor import BaseExecutor
 
 from forklift import airflow_compat as compat
+from forklift.doctor import WARN, check_scheduler_cap
 from forklift.jobs import FAILED, RUNNING, SUCCESS, Result
 from forklift.settings import RunMode, Settings, load_settings
 from forklift.shutdown import SecondSignal
@@ -85,18 +86,9 @@ class LocalExecutor(BaseExecutor):
             prefetch=self.settings.prefetch,
         )
         self.impl.start()
-        capped = self._core_cap is not None and self.settings.prefetch and self.parallelism > self._core_cap
-        if capped and not self.settings.parallelism_from_core:
-            self.log.warning(
-                "forklift: [core] parallelism = %d caps what the scheduler queues across all executors, below "
-                "forklift's %d slots (%d workers × [forklift] prefetch_multiplier %d); raise [core] parallelism "
-                "to %d for the prefetch to take effect.",
-                self._core_cap,
-                self.parallelism,
-                self.settings.parallelism,
-                self.settings.prefetch_multiplier,
-                self.parallelism,
-            )
+        cap = check_scheduler_cap(self.settings, self._core_cap)  # the same check `forklift doctor` runs
+        if cap.status == WARN:
+            self.log.warning("forklift: %s.", cap.message)
         self.log.info(
             "forklift started: %s, parallelism %d, run mode %s, prefetch %d (scheduler slots %d)",
             self.settings.strategy_name,
