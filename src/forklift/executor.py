@@ -18,7 +18,7 @@ from forklift import airflow_compat as compat
 from forklift.doctor import WARN, check_scheduler_cap
 from forklift.jobs import FAILED, RUNNING, SUCCESS, Result
 from forklift.settings import RunMode, Settings, load_settings
-from forklift.shutdown import SecondSignal
+from forklift.shutdown import ExitSignalGuard, SecondSignal
 from forklift.strategies import _Strategy, make_strategy
 
 if TYPE_CHECKING:
@@ -61,6 +61,7 @@ class LocalExecutor(BaseExecutor):
         self._refused: list[Result] = []
         self._timeouts = compat.ExecutionTimeouts()
         self._metrics_sent: dict[str, int] = {}
+        self._signal_guard = ExitSignalGuard()
 
     def __repr__(self) -> str:
         return (
@@ -86,6 +87,9 @@ class LocalExecutor(BaseExecutor):
             prefetch=self.settings.prefetch,
         )
         self.impl.start()
+        # After the workers fork (they set their own handlers): the scheduler's exit handler is
+        # already installed by now, and must not be able to wedge it (see ExitSignalGuard).
+        self._signal_guard.install()
         cap = check_scheduler_cap(self.settings, self._core_cap)  # the same check `forklift doctor` runs
         if cap.status == WARN:
             self.log.warning("forklift: %s.", cap.message)
@@ -225,6 +229,7 @@ class LocalExecutor(BaseExecutor):
         impl, self.impl = self.impl, None
         with SecondSignal() as second:
             results = impl.end(self.settings.shutdown_timeout, escalate=second.arrived)
+        self._signal_guard.uninstall()
         for result in results:
             self._report(result)
 
@@ -232,6 +237,7 @@ class LocalExecutor(BaseExecutor):
         if self.impl is None:
             return
         impl, self.impl = self.impl, None
+        self._signal_guard.uninstall()
         for result in impl.terminate():
             self._report(result)
 

@@ -1,4 +1,7 @@
-"""Noticing a second SIGTERM/SIGINT while the executor is already shutting down.
+"""The scheduler's SIGTERM/SIGINT, from forklift's side.
+
+``ExitSignalGuard`` (while the executor runs): the scheduler's own exit handler must get to run.
+``SecondSignal`` (while ``end()`` waits): a second signal stops the waiting.
 
 The scheduler calls ``end()`` after its first signal. An operator who signals again does not want
 to wait for running tasks any longer, so while ``end()`` waits, forklift listens for that second
@@ -7,12 +10,101 @@ signal and stops waiting (the tasks are then stopped, not abandoned).
 
 from __future__ import annotations
 
+import logging
+import os
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+# A signal that lands inside a log write is held back this long, this many times, so that the
+# handler can usually run as written; after that it leaves without its log line.
+_REDELIVER_AFTER = 0.02
+_MAX_REDELIVERIES = 5
+
+# The scheduler's exit handler, on both Airflow lines: SchedulerJobRunner._exit_gracefully.
+_EXIT_HANDLER_NAME = "_exit_gracefully"
+
+
+def _logging_files() -> frozenset[str]:
+    files = {logging.__file__}
+    try:
+        import structlog._output as structlog_output
+    except ImportError:  # pragma: no cover - structlog comes with Airflow 3
+        pass
+    else:
+        files.add(structlog_output.__file__)
+    return frozenset(os.path.realpath(f) for f in files)
+
+
+def inside_log_write(frame: FrameType | None, files: frozenset[str] | None = None) -> bool:
+    """Whether the interrupted thread (``frame`` and its callers) is in the middle of writing a log record."""
+    files = _logging_files() if files is None else files
+    while frame is not None:
+        if os.path.realpath(frame.f_code.co_filename) in files:
+            return True
+        frame = frame.f_back
+    return False
+
+
+class ExitSignalGuard:
+    """Keeps the scheduler's SIGTERM/SIGINT handler from deadlocking the scheduler.
+
+    Airflow's scheduler logs from its signal handler ("Exiting gracefully upon receiving signal
+    15") before it raises ``SystemExit``. Airflow 3 writes logs through structlog, whose write lock
+    is a plain ``threading.Lock``: when the signal lands while the main thread is inside a log
+    write, it already holds that lock, the handler waits for it forever and the scheduler never
+    stops (nor calls ``end()``); only SIGKILL ends it.
+
+    The guard wraps that handler (and only it). A signal that lands inside a log write is sent
+    again a moment later, when the write is normally done, and the handler then runs as written.
+    If the main thread is still writing after a few tries, the guard does what the handler does
+    without its log line: ``sys.exit(0)``, which the scheduler's loop turns into ``end()``.
+    """
+
+    def __init__(self) -> None:
+        self._previous: dict[int, Callable[[int, FrameType | None], Any]] = {}
+        self._pid = os.getpid()
+        self._files = _logging_files()
+        self._redeliveries = 0
+
+    def install(self) -> None:
+        # Handlers can only be set from the main thread; only Python handlers can be wrapped.
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in _SIGNALS:
+            current = signal.getsignal(sig)
+            if callable(current) and getattr(current, "__name__", "") == _EXIT_HANDLER_NAME:
+                self._previous[sig] = current
+                signal.signal(sig, self._handler)
+
+    def uninstall(self) -> None:
+        for sig, previous in self._previous.items():
+            if signal.getsignal(sig) == self._handler:
+                signal.signal(sig, previous)
+        self._previous.clear()
+
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
+        previous = self._previous.get(signum)
+        if previous is None:  # pragma: no cover - uninstalled between delivery and this call
+            return
+        # A forked child that inherited the guard (a worker, the Manager) runs the handler as is.
+        if os.getpid() == self._pid and inside_log_write(frame, self._files):
+            if self._redeliveries < _MAX_REDELIVERIES:
+                self._redeliveries += 1
+                timer = threading.Timer(_REDELIVER_AFTER, os.kill, (self._pid, signum))
+                timer.daemon = True
+                timer.start()
+                return
+            self._redeliveries = 0
+            # No logging here: that is the deadlock. A raw write to stderr takes no lock.
+            os.write(2, f"forklift: signal {signum} arrived during a log write; exiting without logging it\n".encode())
+            raise SystemExit(os.EX_OK)
+        self._redeliveries = 0
+        previous(signum, frame)
 
 
 class SecondSignal:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -265,3 +266,65 @@ def test_task_queued_timeout_revokes_stuck_work(stack: AirflowStack, out: Path) 
                 pass
         code = stack.stop_component("scheduler")
         assert stack.stopped_cleanly("scheduler", code), stack.log_tail("scheduler")
+
+
+def _main_thread_wchan(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/task/{pid}/wchan").read_text()
+    except OSError:
+        return ""
+
+
+def test_sigterm_while_the_scheduler_is_writing_a_log_line(stack: AirflowStack) -> None:
+    """SIGTERM lands while the scheduler's main thread is inside a log write; the scheduler still stops.
+
+    Airflow 3's scheduler logs from its SIGTERM handler through structlog, whose write lock is not
+    reentrant: a signal landing mid-write used to deadlock it (seen in CI: no "Exiting gracefully",
+    SIGKILL after 60 s). Here its stdout is a small pipe that the test stops reading, so the next log
+    write blocks with the lock held: the signal then lands inside a write every time.
+    """
+    import fcntl
+    import threading
+
+    read_fd, write_fd = os.pipe()
+    fcntl.fcntl(write_fd, 1031, 4096)  # F_SETPIPE_SZ: one page, filled in seconds at DEBUG level
+    stack.start_scheduler(
+        {"AIRFLOW__FORKLIFT__PARALLELISM": "2", "AIRFLOW__LOGGING__LOGGING_LEVEL": "DEBUG"}, stdout=write_fd
+    )
+    os.close(write_fd)
+    comp = stack._components["scheduler"]
+    output = bytearray()
+    try:
+        # Read until forklift has started (its guard is installed then), then stop reading.
+        deadline = time.monotonic() + 180
+        while b"forklift started" not in output:
+            assert time.monotonic() < deadline and comp.proc.poll() is None, output[-3000:].decode(errors="replace")
+            output += os.read(read_fd, 65536)
+        # Wait until the main thread is blocked writing a log line into the full pipe.
+        deadline = time.monotonic() + 120
+        while "pipe_write" not in _main_thread_wchan(comp.proc.pid):
+            assert time.monotonic() < deadline, f"the scheduler never blocked on its log pipe: {_main_thread_wchan(comp.proc.pid)!r}"
+            time.sleep(0.05)
+
+        os.kill(comp.proc.pid, signal.SIGTERM)
+        drained = threading.Thread(target=lambda: _drain(read_fd, output), daemon=True)
+        drained.start()
+        try:
+            code = comp.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                "the scheduler did not stop within 60 s of a SIGTERM that landed inside a log write:\n"
+                + output[-3000:].decode(errors="replace")
+            ) from None
+        drained.join(timeout=30)
+    finally:
+        stack.stop_component("scheduler")
+        os.close(read_fd)
+    text = output.decode(errors="replace")
+    assert code == 0, text[-3000:]
+    assert "Shutting down forklift" in text, text[-3000:]  # the scheduler's loop ended and called end()
+
+
+def _drain(fd: int, into: bytearray) -> None:
+    while chunk := os.read(fd, 65536):
+        into += chunk

@@ -161,7 +161,10 @@ class AirflowStack:
         self.airflow("db", "migrate", timeout=600)
 
     # -- components ----------------------------------------------------------------------------
-    def start_component(self, name: str, *args: str, env: Mapping[str, str] | None = None) -> None:
+    def start_component(
+        self, name: str, *args: str, env: Mapping[str, str] | None = None, stdout: int | None = None
+    ) -> None:
+        """Start ``airflow <args>``; its output goes to ``log_dir/<name>.log``, or to the ``stdout`` fd given."""
         if name in self._components:
             raise StackError(f"{name} is already running (pid {self._components[name].proc.pid})")
         log_path = self.log_dir / f"{name}.log"
@@ -170,7 +173,7 @@ class AirflowStack:
             [self.python, "-m", "airflow", *args],
             env={**self.env, **(env or {})},
             cwd=self.home,
-            stdout=log_file,
+            stdout=log_file if stdout is None else stdout,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # a process group of its own: stopped as a whole, and only it
@@ -192,8 +195,8 @@ class AirflowStack:
         self.start_component("dag-processor", "dag-processor")
         self.wait_for_http(f"http://127.0.0.1:{self.api_port}/api/v2/monitor/health", component="api-server")
 
-    def start_scheduler(self, env: Mapping[str, str] | None = None) -> None:
-        self.start_component("scheduler", "scheduler", env=env)
+    def start_scheduler(self, env: Mapping[str, str] | None = None, stdout: int | None = None) -> None:
+        self.start_component("scheduler", "scheduler", env=env, stdout=stdout)
 
     def stop_component(self, name: str, timeout: float = 60) -> int | None:
         """SIGTERM the component's process group, wait, then SIGKILL what is left. Returns its exit code."""
@@ -207,6 +210,7 @@ class AirflowStack:
         try:
             code = comp.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            self._dump_stacks(comp)  # what it was doing instead of stopping, before that is lost
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, signal.SIGKILL)
             code = comp.proc.wait(timeout=30)
@@ -216,6 +220,21 @@ class AirflowStack:
             with contextlib.suppress(psutil.NoSuchProcess):
                 p.kill()
         return code
+
+    def _dump_stacks(self, comp: _Component) -> None:
+        """Append the stuck process's Python stacks (py-spy, when installed) to its log."""
+        py_spy = Path(self.python).parent / "py-spy"
+        if not py_spy.exists():
+            return
+        try:
+            dump = subprocess.run(
+                [str(py_spy), "dump", "--pid", str(comp.proc.pid)], capture_output=True, text=True, timeout=60
+            )
+            text = dump.stdout + dump.stderr
+        except (OSError, subprocess.SubprocessError) as exc:
+            text = f"py-spy dump failed: {exc}\n"
+        with open(comp.log_path, "a") as log:
+            log.write(f"\n--- {comp.name} did not stop on SIGTERM; its stacks (py-spy dump) ---\n{text}")
 
     def stop(self) -> None:
         for name in ("scheduler", *[n for n in self._components if n != "scheduler"]):

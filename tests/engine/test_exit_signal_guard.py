@@ -1,0 +1,123 @@
+"""The exit-signal guard: a SIGTERM that lands inside a log write still stops the process.
+
+The scenario is Airflow 3's scheduler in miniature: a main loop that logs through structlog (whose
+write lock is not reentrant) and a SIGTERM handler that logs "Exiting gracefully" and raises
+SystemExit. Without the guard the handler waits forever for the lock its own thread holds.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+structlog = pytest.importorskip("structlog")  # Airflow 3's logging; it comes with the test environment
+
+pytestmark = pytest.mark.timeout(180)
+
+TRIALS = 10
+EXIT_WAIT = 30.0  # far above the 20 ms the guard holds a signal back
+CONTROL_WAIT = 5.0
+
+SCENARIO = textwrap.dedent(
+    """
+    import os, signal, sys
+    import structlog
+    from forklift.shutdown import ExitSignalGuard
+
+    logger = structlog.WriteLogger(open(sys.argv[2], "w"))
+
+    def _exit_gracefully(signum, frame):  # what Airflow's SchedulerJobRunner._exit_gracefully does
+        logger.msg(f"Exiting gracefully upon receiving signal {signum}")
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, _exit_gracefully)
+    if sys.argv[1] == "guard":
+        ExitSignalGuard().install()
+    print("ready", flush=True)
+    i = 0
+    busy = sys.argv[3] == "busy"
+    while True:
+        i += 1
+        logger.msg(f"TaskInstance Finished: dag_id=forklift_matrix, task_id=span_{i:06d}, state=success")
+        if not busy:
+            sum(range(20_000))  # a scheduler does other work between log lines
+    """
+)
+
+
+def _start(mode: str, log: Path, load: str = "busy") -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SCENARIO, mode, str(log), load], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None and proc.stdout.readline() == "ready\n", proc.stderr
+    return proc
+
+
+@pytest.mark.parametrize("load", ["busy", "mixed"])
+def test_sigterm_inside_a_log_write_still_exits(tmp_path: Path, load: str) -> None:
+    """busy: the loop does nothing but log, so a signal nearly always lands inside a write and the
+    guard has to leave without the handler's line. mixed: the handler gets to run as written."""
+    announced = 0
+    for trial in range(TRIALS):
+        log = tmp_path / f"guarded-{trial}.log"
+        proc = _start("guard", log, load)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=EXIT_WAIT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            pytest.fail(f"trial {trial}: SIGTERM did not stop the guarded process within {EXIT_WAIT:.0f} s")
+        stderr = proc.stderr.read() if proc.stderr else ""
+        assert code == 0, stderr
+        ran_as_written = "Exiting gracefully upon receiving signal 15" in log.read_text()
+        assert ran_as_written or "arrived during a log write; exiting without logging it" in stderr, stderr
+        announced += ran_as_written
+    if load == "mixed":
+        assert announced > TRIALS // 2, f"the handler ran as written in only {announced} of {TRIALS} trials"
+
+
+def test_control_without_the_guard_the_handler_deadlocks(tmp_path: Path) -> None:
+    """Shows the scenario really deadlocks, so the test above can fail."""
+    hung = 0
+    for trial in range(3):
+        proc = _start("bare", tmp_path / f"bare-{trial}.log")
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=CONTROL_WAIT)
+        except subprocess.TimeoutExpired:
+            hung += 1
+            proc.kill()
+            proc.wait()
+    assert hung >= 1, "the unguarded handler never deadlocked: the scenario no longer reproduces the hang"
+
+
+def test_forked_child_runs_the_handler_unchanged(tmp_path: Path) -> None:
+    """A process forked after install (a worker, the Manager) gets the plain handler's behaviour."""
+    script = textwrap.dedent(
+        """
+        import os, signal, sys
+        from forklift.shutdown import ExitSignalGuard
+        calls = []
+        def _exit_gracefully(signum, frame):
+            calls.append(signum)
+        signal.signal(signal.SIGTERM, _exit_gracefully)
+        ExitSignalGuard().install()
+        assert signal.getsignal(signal.SIGTERM) is not _exit_gracefully  # wrapped
+        pid = os.fork()
+        if pid == 0:
+            import logging
+            logging.getLogger().addFilter(lambda r: os.kill(os.getpid(), signal.SIGTERM) or True)
+            logging.warning("the signal lands inside this log call")
+            os._exit(0 if calls == [signal.SIGTERM] else 3)
+        _, status = os.waitpid(pid, 0)
+        print(os.waitstatus_to_exitcode(status))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "0", out.stderr
