@@ -147,6 +147,13 @@ class LocalExecutor(BaseExecutor):
                 return
 
     # -- results ---------------------------------------------------------------------------
+    def heartbeat(self) -> None:
+        # Airflow 2 installs the scheduler's exit handler after start(); wrap it once it is there.
+        self._signal_guard.install()
+        # A SIGTERM whose SystemExit Python swallowed (raised inside a finalizer) ends the loop here.
+        self._signal_guard.raise_lost_exit()
+        super().heartbeat()
+
     def sync(self) -> None:
         refused, self._refused = self._refused, []
         for result in refused:

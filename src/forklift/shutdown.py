@@ -63,6 +63,11 @@ class ExitSignalGuard:
     again a moment later, when the write is normally done, and the handler then runs as written.
     If the main thread is still writing after a few tries, the guard does what the handler does
     without its log line: ``sys.exit(0)``, which the scheduler's loop turns into ``end()``.
+
+    The handler's ``SystemExit`` can also be lost: raised while the main thread is running a
+    finalizer (``__del__``, a weakref callback), Python prints "Exception ignored" and carries on,
+    and the scheduler keeps scheduling. The guard remembers that an exit was asked for;
+    :meth:`raise_lost_exit`, called from the executor's heartbeat, raises it again from there.
     """
 
     def __init__(self) -> None:
@@ -70,18 +75,28 @@ class ExitSignalGuard:
         self._pid = os.getpid()
         self._files = _logging_files()
         self._redeliveries = 0
+        self._exit_requested: int | None = None
+        self._closed = False
 
     def install(self) -> None:
+        """Wrap the scheduler's exit handler, if it is installed by now; calling it again is cheap.
+
+        Airflow 3 installs it before the executor starts; Airflow 2 only after, so the executor
+        calls this again from its heartbeat.
+        """
         # Handlers can only be set from the main thread; only Python handlers can be wrapped.
-        if threading.current_thread() is not threading.main_thread():
+        if self._closed or threading.current_thread() is not threading.main_thread():
             return
         for sig in _SIGNALS:
             current = signal.getsignal(sig)
+            if current == self._handler:
+                continue
             if callable(current) and getattr(current, "__name__", "") == _EXIT_HANDLER_NAME:
                 self._previous[sig] = current
                 signal.signal(sig, self._handler)
 
     def uninstall(self) -> None:
+        self._closed = True
         for sig, previous in self._previous.items():
             if signal.getsignal(sig) == self._handler:
                 signal.signal(sig, previous)
@@ -104,7 +119,16 @@ class ExitSignalGuard:
             os.write(2, f"forklift: signal {signum} arrived during a log write; exiting without logging it\n".encode())
             raise SystemExit(os.EX_OK)
         self._redeliveries = 0
+        if os.getpid() == self._pid:
+            self._exit_requested = signum
         previous(signum, frame)
+
+    def raise_lost_exit(self) -> None:
+        """Raise ``SystemExit(0)`` if the exit handler ran and the process is still going on."""
+        if self._exit_requested is not None and os.getpid() == self._pid:
+            signum, self._exit_requested = self._exit_requested, None
+            os.write(2, f"forklift: the scheduler's exit on signal {signum} was lost; exiting now\n".encode())
+            raise SystemExit(os.EX_OK)
 
 
 class SecondSignal:

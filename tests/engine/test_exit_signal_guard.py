@@ -121,3 +121,42 @@ def test_forked_child_runs_the_handler_unchanged(tmp_path: Path) -> None:
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "0", out.stderr
+
+
+LOST_EXIT = textwrap.dedent(
+    """
+    import os, signal, sys
+    from forklift.shutdown import ExitSignalGuard
+
+    def _exit_gracefully(signum, frame):
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, _exit_gracefully)
+    guard = ExitSignalGuard()
+    guard.install()
+
+    class SignalsWhileFinalized:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler runs here, inside the finalizer
+
+    SignalsWhileFinalized()  # collected at once: its SystemExit is "ignored"
+    print("carried on after the signal", flush=True)
+    for heartbeat in range(int(sys.argv[1])):
+        if sys.argv[2] == "guard":
+            guard.raise_lost_exit()
+    print("loop ended without exiting", flush=True)
+    sys.exit(3)
+    """
+)
+
+
+@pytest.mark.parametrize("mode", ["guard", "bare"])
+def test_exit_lost_in_a_finalizer_is_raised_at_the_next_heartbeat(mode: str) -> None:
+    out = subprocess.run([sys.executable, "-c", LOST_EXIT, "5", mode], capture_output=True, text=True, timeout=60)
+    # Python swallowed the handler's SystemExit either way: that is the situation being handled.
+    assert "Exception ignored" in out.stderr and "carried on after the signal" in out.stdout, out
+    if mode == "guard":
+        assert out.returncode == 0, out
+        assert "exit on signal 15 was lost; exiting now" in out.stderr
+    else:  # the control: without the guard the process never exits on its own
+        assert out.returncode == 3, out

@@ -328,3 +328,37 @@ def test_sigterm_while_the_scheduler_is_writing_a_log_line(stack: AirflowStack) 
 def _drain(fd: int, into: bytearray) -> None:
     while chunk := os.read(fd, 65536):
         into += chunk
+
+
+def test_sigterm_swallowed_by_a_finalizer_still_stops_the_scheduler(stack: AirflowStack, tmp_path: Path) -> None:
+    """SIGTERM lands while the scheduler's main thread runs a finalizer: Python swallows the exit handler's
+    SystemExit and the scheduler would keep going forever. forklift raises it again at its next heartbeat."""
+    mark = tmp_path / "in-finalizer"
+    plugins = Path(__file__).resolve().parent.parent / "plugins_finalizer"
+    stack.start_scheduler(
+        {
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(plugins),
+            "FORKLIFT_TEST_FINALIZER_MARK": str(mark),
+            "AIRFLOW__FORKLIFT__PARALLELISM": "2",
+        }
+    )
+    comp = stack._components["scheduler"]
+    try:
+        stack.trigger("forklift_quick", "finalizer_sigterm")
+        deadline = time.monotonic() + 180
+        while not mark.exists():
+            assert time.monotonic() < deadline and comp.proc.poll() is None, stack.log_tail("scheduler")
+            time.sleep(0.1)
+        os.kill(comp.proc.pid, signal.SIGTERM)
+        try:
+            code = comp.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                "the scheduler kept running after its exit was swallowed:\n" + stack.log_tail("scheduler")
+            ) from None
+    finally:
+        stack.stop_component("scheduler")
+    log = stack.log_tail("scheduler", chars=200_000)
+    assert "Exception ignored" in log[log.rfind("forklift started"):], "the SystemExit was not swallowed this time"
+    assert "exit on signal 15 was lost; exiting now" in log, log[-3000:]
+    assert stack.stopped_cleanly("scheduler", code), log[-3000:]
