@@ -27,11 +27,11 @@ class _SleepsWhenFinalized:
 
 class _Listener:
     @hookimpl
-    def on_dag_run_success(self, dag_run, msg):  # noqa: ANN001, ANN201 - Airflow's hook signature
+    def on_dag_run_success(self, dag_run, msg):  # Airflow's hook signature
         if dag_run.dag_id == "forklift_quick" and dag_run.run_id.startswith("finalizer"):
             _SleepsWhenFinalized()  # finalized at once, in the scheduler's main thread
 
 
 class FinalizerSignalPlugin(AirflowPlugin):
     name = "forklift_test_finalizer_signal"
-    listeners = [_Listener()]
+    listeners = [_Listener()]  # noqa: RUF012 - the shape AirflowPlugin declares
