@@ -229,12 +229,14 @@ class LocalExecutor(BaseExecutor):
     def end(self) -> None:
         if self.impl is None:
             return
-        self.log.info(
-            "Shutting down forklift; waiting up to %.0f s ([forklift] shutdown_timeout) for running tasks.",
-            self.settings.shutdown_timeout,
-        )
         impl, self.impl = self.impl, None
+        # Listen for a second signal before saying we are waiting: one sent on seeing this line
+        # must stop the waiting, not interrupt end() half-way.
         with SecondSignal() as second:
+            self.log.info(
+                "Shutting down forklift; waiting up to %.0f s ([forklift] shutdown_timeout) for running tasks.",
+                self.settings.shutdown_timeout,
+            )
             results = impl.end(self.settings.shutdown_timeout, escalate=second.arrived)
         self._signal_guard.uninstall()
         for result in results:
