@@ -6,11 +6,7 @@ really ran it.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pendulum
-import psutil
 
 try:  # Airflow 3
     from airflow.sdk import DAG
@@ -21,17 +17,7 @@ try:
 except ImportError:
     from airflow.operators.python import PythonOperator  # type: ignore[no-redef]
 
-
-def record_ancestry(**context: object) -> None:
-    lines = []
-    for proc in psutil.Process().parents():
-        try:
-            lines.append(" ".join(proc.cmdline()))
-        except psutil.Error:
-            continue
-    out = Path(context["dag_run"].conf["out_dir"])  # type: ignore[index]
-    (out / f"{context['ti'].task_id}.json").write_text(json.dumps(lines))  # type: ignore[attr-defined]
-
+from forklift.testing.ancestry import record_ancestry
 
 with DAG(
     dag_id="forklift_routing",

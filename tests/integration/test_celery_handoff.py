@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
+from forklift.testing.ancestry import read_ancestry, under_forklift_worker
 from forklift.testing.redis import RedisServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -41,9 +41,9 @@ def test_light_on_forklift_heavy_on_celery(stack_factory, tmp_path: Path) -> Non
             "light": "success",
             "heavy": "success",
         }
-        light = json.loads((tmp_path / "light.json").read_text())
-        heavy = json.loads((tmp_path / "heavy.json").read_text())
-        assert any(line.startswith("airflow worker -- forklift") for line in light), light
-        assert not any(line.startswith("airflow worker -- forklift") for line in heavy), heavy
+        light = read_ancestry(tmp_path, "light")
+        heavy = read_ancestry(tmp_path, "heavy")
+        assert under_forklift_worker(light), light
+        assert not under_forklift_worker(heavy), heavy
         # Under the Celery worker's process tree (its pool processes are titled "[celeryd: …]").
         assert any("celery worker" in line or line.startswith("[celeryd") for line in heavy), heavy

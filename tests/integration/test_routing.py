@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
+
+from forklift.testing.ancestry import read_ancestry, under_forklift_worker
 
 pytestmark = pytest.mark.integration
 
@@ -33,11 +34,11 @@ def test_operator_executor_argument_routes_to_forklift(stack_factory, tmp_path: 
         "on_default": "success",
         "on_forklift": "success",
     }
-    forklift_ancestry = json.loads((tmp_path / "on_forklift.json").read_text())
-    default_ancestry = json.loads((tmp_path / "on_default.json").read_text())
+    forklift_ancestry = read_ancestry(tmp_path, "on_forklift")
+    default_ancestry = read_ancestry(tmp_path, "on_default")
     # Process titles name the executor whose worker the task ran under.
-    assert any(line.startswith("airflow worker -- forklift") for line in forklift_ancestry), forklift_ancestry
-    assert not any(line.startswith("airflow worker -- forklift") for line in default_ancestry), default_ancestry
+    assert under_forklift_worker(forklift_ancestry), forklift_ancestry
+    assert not under_forklift_worker(default_ancestry), default_ancestry
     assert any(line.startswith("airflow worker -- LocalExecutor") for line in default_ancestry), default_ancestry
     log = stack.log_tail("scheduler", chars=10**7)
     assert "forklift started: LimitedParallelism, parallelism 2" in log
