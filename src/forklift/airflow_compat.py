@@ -90,6 +90,13 @@ def scheduler_cap(lookup: Lookup) -> int | None:
     return cap if cap > 0 else None
 
 
+def default_records_dir() -> str:
+    """``$AIRFLOW_HOME/forklift/tasks``: shared by every scheduler of the deployment on this machine."""
+    from airflow.configuration import AIRFLOW_HOME
+
+    return os.path.join(AIRFLOW_HOME, "forklift", "tasks")
+
+
 def stats() -> Any:
     """Airflow's metrics facade: ``incr(stat, count)``, ``gauge(stat, value)``, ``timing(stat, dt)`` on both lines."""
     if AIRFLOW_V3:

@@ -16,8 +16,9 @@ from airflow.executors.base_executor import BaseExecutor
 
 from forklift import airflow_compat as compat
 from forklift.doctor import WARN, check_scheduler_cap
+from forklift.handover import RecordsDir
 from forklift.jobs import FAILED, RUNNING, SUCCESS, Result
-from forklift.settings import RunMode, Settings, load_settings
+from forklift.settings import ConfigError, OnShutdown, RunMode, Settings, load_settings
 from forklift.shutdown import ExitSignalGuard, SecondSignal
 from forklift.strategies import _Strategy, make_strategy
 
@@ -78,6 +79,7 @@ class LocalExecutor(BaseExecutor):
         self._server = compat.execution_api_url(getattr(self, "conf", None))  # Airflow 2 has no ExecutorConf
         if self.settings.run_mode is RunMode.FORK:
             compat.warm_task_caches(self.settings.preload_modules)  # before any worker forks: every task inherits them
+        records = self._records_dir()
         self.impl = make_strategy(
             self.settings.parallelism,
             kill_grace=self.settings.kill_grace,
@@ -85,6 +87,8 @@ class LocalExecutor(BaseExecutor):
             max_tasks_per_child=self.settings.max_tasks_per_child,
             max_memory_per_child=self.settings.max_memory_per_child,
             prefetch=self.settings.prefetch,
+            records=records,
+            orphan_timeout=self.settings.orphan_timeout,
         )
         self.impl.start()
         # After the workers fork (they set their own handlers): the scheduler's exit handler is
@@ -101,6 +105,38 @@ class LocalExecutor(BaseExecutor):
             self.settings.prefetch,
             self.parallelism,
         )
+
+    def _records_dir(self) -> RecordsDir:
+        """Where running tasks leave their records for the next scheduler (see forklift.handover)."""
+        path = self.settings.records_dir or compat.default_records_dir()
+        try:
+            records = RecordsDir(path).ensure()
+            # Records of tasks that ended while no scheduler watched, and that no scheduler adopted.
+            records.sweep(older_than=self.settings.orphan_timeout + 3600)
+        except OSError as exc:
+            raise ConfigError(f"{exc}; set [forklift] records_dir to a directory this user can write.") from exc
+        return records
+
+    # -- adoption (a scheduler restarted, or another one died) -------------------------------
+    def try_adopt_task_instances(self, tis: Sequence[Any]) -> Sequence[Any]:
+        """Adopt each task instance a forklift worker on this machine still runs (or has just finished);
+        return the rest, which Airflow resets. An adopted task holds a slot until its end is reported."""
+        if self.impl is None:
+            return tis
+        not_adopted = []
+        for ti in tis:
+            try:
+                adopted = self.impl.adopt(ti.key)
+            except Exception:  # adoption is a bonus: when it fails, Airflow's reset still applies
+                self.log.exception("forklift: could not adopt %s", ti)
+                adopted = False
+            if adopted:
+                self.running.add(ti.key)
+            else:
+                not_adopted.append(ti)
+        if len(not_adopted) < len(tis):
+            self.log.info("forklift: adopted %d of %d orphaned task instance(s)", len(tis) - len(not_adopted), len(tis))
+        return not_adopted
 
     # -- dispatch (Airflow 3) --------------------------------------------------------------
     def _process_workloads(self, workloads: Sequence[ExecutorWorkload]) -> None:
@@ -232,12 +268,15 @@ class LocalExecutor(BaseExecutor):
         impl, self.impl = self.impl, None
         # Listen for a second signal before saying we are waiting: one sent on seeing this line
         # must stop the waiting, not interrupt end() half-way.
+        leave = self.settings.on_shutdown is OnShutdown.ADOPT
         with SecondSignal() as second:
             self.log.info(
-                "Shutting down forklift; waiting up to %.0f s ([forklift] shutdown_timeout) for running tasks.",
+                "Shutting down forklift; waiting up to %.0f s ([forklift] shutdown_timeout) for running tasks, "
+                "then %s.",
                 self.settings.shutdown_timeout,
+                "leaving the rest for the next scheduler to adopt" if leave else "stopping the rest",
             )
-            results = impl.end(self.settings.shutdown_timeout, escalate=second.arrived)
+            results = impl.end(self.settings.shutdown_timeout, escalate=second.arrived, leave_running=leave)
         self._signal_guard.uninstall()
         for result in results:
             self._report(result)

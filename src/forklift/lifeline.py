@@ -7,6 +7,8 @@ import ctypes.util
 import os
 import signal
 import sys
+import time
+from collections.abc import Callable
 
 _PR_SET_PDEATHSIG = 1
 
@@ -55,3 +57,17 @@ def kill_session(sid: int) -> list[int]:
         except (ProcessLookupError, PermissionError):
             continue
     return killed
+
+
+def stop_session(sid: int, kill_grace: float, still_running: Callable[[], bool]) -> None:
+    """Stop a task's session: SIGTERM to its leader's group (the task's own handlers get to run),
+    then, if ``still_running()`` after ``kill_grace`` seconds, SIGKILL to everything in the session."""
+    try:
+        os.killpg(sid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        pass
+    deadline = time.monotonic() + kill_grace
+    while still_running() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if still_running():
+        kill_session(sid)

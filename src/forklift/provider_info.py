@@ -57,6 +57,38 @@ CONFIG_OPTIONS: dict[str, dict[str, Any]] = {
         "example": "120",
         "default": "30",
     },
+    "on_shutdown": {
+        "description": (
+            "What happens to tasks still running when the scheduler stops and shutdown_timeout has passed. "
+            "adopt: they run on, and the next scheduler on this machine adopts them (nothing reruns); a "
+            "scheduler that dies (SIGKILL, crash, OOM) leaves them running the same way. stop: they are "
+            "stopped (SIGTERM, SIGKILL after kill_grace), and Airflow resets and reruns them."
+        ),
+        "type": "string",
+        "example": "stop",
+        "default": "adopt",
+    },
+    "orphan_timeout": {
+        "description": (
+            "Seconds a task whose scheduler is gone runs on before forklift stops it (with its whole "
+            "session), unless a scheduler adopts it first. 0: stop such tasks at once. Unset: "
+            "[scheduler] scheduler_health_check_threshold + 2 x [scheduler] orphaned_tasks_check_interval, "
+            "at least 120 (630 at Airflow's defaults)."
+        ),
+        "type": "float",
+        "example": "900",
+        "default": None,
+    },
+    "records_dir": {
+        "description": (
+            "Directory (made 0700) where running tasks leave their records (0600, no secrets) for the next "
+            "scheduler to adopt them. Every scheduler of one deployment on a machine must share it. "
+            "Unset: $AIRFLOW_HOME/forklift/tasks."
+        ),
+        "type": "string",
+        "example": "/var/lib/airflow/forklift-tasks",
+        "default": None,
+    },
     "kill_grace": {
         "description": "Seconds between SIGTERM and SIGKILL when forklift stops a task's process group.",
         "type": "float",

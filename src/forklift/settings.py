@@ -29,6 +29,17 @@ class RunMode(str, enum.Enum):
     SUBPROCESS = "subprocess"  # a fresh interpreter: slower, picks up code changes
 
 
+class OnShutdown(str, enum.Enum):
+    """What ``end()`` does with tasks still running once ``shutdown_timeout`` has passed."""
+
+    ADOPT = "adopt"  # leave them running; the next scheduler on this machine adopts them
+    STOP = "stop"  # stop them (SIGTERM, SIGKILL after kill_grace); Airflow resets and reruns them
+
+
+#: The least time an orphaned task waits to be adopted by default: room for a scheduler restart.
+MIN_DEFAULT_ORPHAN_TIMEOUT = 120.0
+
+
 @dataclass(frozen=True)
 class Settings:
     """What forklift needs from configuration, already validated."""
@@ -56,6 +67,12 @@ class Settings:
     parallelism_from_core: bool = False
     #: Airflow 3: wake the Task SDK supervisor when its task process exits (see supervisor_wake).
     wake_supervisor: bool = True
+    #: What end() does with tasks still running after shutdown_timeout.
+    on_shutdown: OnShutdown = OnShutdown.ADOPT
+    #: How long a task whose scheduler is gone runs on unadopted before forklift stops it (0: at once).
+    orphan_timeout: float = 630.0
+    #: Where running tasks leave their records for the next scheduler (None: the executor's default).
+    records_dir: str | None = None
 
     @property
     def unlimited(self) -> bool:
@@ -203,6 +220,21 @@ def load_settings(lookup: Lookup, *, parallelism: int | None = None) -> Settings
             "name; give a comma-separated list like 'pandas, my_company.operators'."
         )
 
+    raw_on_shutdown = (lookup(SECTION, "on_shutdown") or OnShutdown.ADOPT.value).strip().lower()
+    try:
+        on_shutdown = OnShutdown(raw_on_shutdown)
+    except ValueError:
+        raise ConfigError(
+            f"{_describe(SECTION, 'on_shutdown')} = {lookup(SECTION, 'on_shutdown')!r} is not a choice; use 'adopt' "
+            "(leave running tasks for the next scheduler) or 'stop' (stop them when the scheduler stops)."
+        ) from None
+    raw_orphan = lookup(SECTION, "orphan_timeout")
+    if raw_orphan is None:
+        orphan_timeout = default_orphan_timeout(lookup)
+    else:
+        orphan_timeout = parse_seconds(raw_orphan, section=SECTION, key="orphan_timeout", maximum=MAX_SECONDS)
+    records_dir = (lookup(SECTION, "records_dir") or "").strip() or None
+
     raw_wake = lookup(SECTION, "wake_supervisor")
     wake = True if raw_wake is None else parse_bool(raw_wake, section=SECTION, key="wake_supervisor")
 
@@ -218,4 +250,22 @@ def load_settings(lookup: Lookup, *, parallelism: int | None = None) -> Settings
         preload_modules=preload,
         wake_supervisor=wake,
         parallelism_from_core=from_core,
+        on_shutdown=on_shutdown,
+        orphan_timeout=orphan_timeout,
+        records_dir=records_dir,
     )
+
+
+def default_orphan_timeout(lookup: Lookup) -> float:
+    """Long enough for a restarted scheduler to adopt: Airflow's health threshold plus two orphan
+    checks (630 s at Airflow's defaults of 30 s and 300 s), and never under two minutes."""
+
+    def airflow_seconds(key: str, default: float) -> float:
+        try:
+            return max(0.0, float(lookup("scheduler", key) or default))
+        except ValueError:
+            return default
+
+    threshold = airflow_seconds("scheduler_health_check_threshold", 30.0)
+    interval = airflow_seconds("orphaned_tasks_check_interval", 300.0)
+    return max(MIN_DEFAULT_ORPHAN_TIMEOUT, threshold + 2 * interval)

@@ -14,7 +14,13 @@ Bookkeeping is per dispatched job, so nothing is lost or double-counted:
 
 If the Manager process dies, the next :meth:`poll` starts a new one: jobs that had not started are
 handed to the new task queue, jobs whose worker can no longer report are FAILED once that worker
-has gone, and fresh workers replace the old.
+has gone (or, with a records directory, take the outcome their worker wrote), and fresh workers
+replace the old.
+
+With a records directory (:mod:`forklift.handover`), work outlives its scheduler: :meth:`end` with
+``leave_running=True`` leaves running tasks to their workers instead of stopping them, and
+:meth:`adopt` takes over a task another engine (a scheduler that stopped or died) left running on
+this machine: it then holds a slot here and its end is reported by :meth:`poll` like any other.
 """
 
 from __future__ import annotations
@@ -24,8 +30,10 @@ import gc
 import heapq
 import itertools
 import logging
+import multiprocessing.process
 import os
 import queue
+import select
 import signal
 import time
 from collections.abc import Callable, Hashable, Iterable
@@ -35,6 +43,7 @@ from typing import Any
 
 import psutil
 
+from forklift.handover import ProcessId, RecordsDir, TaskRecord, boot_id
 from forklift.jobs import FAILED, RECYCLED, RUNNING, Job, Result, describe_exit
 from forklift.lifeline import die_with_parent, kill_session
 from forklift.proctitle import set_title
@@ -62,6 +71,14 @@ class _Dispatch:
     worker_pid: int | None = None  # known once the worker says RUNNING (Limited) or at spawn (Unlimited)
     task_pid: int | None = None  # leads the task's process group
     handed_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class _Adopted:
+    """A task another engine left running, now watched from here through its worker's pidfd."""
+
+    record: TaskRecord
+    pidfd: int | None  # readable once the worker has exited; None: look with psutil instead
 
 
 class _DrainableQueue(queue.Queue):  # type: ignore[type-arg]
@@ -119,13 +136,22 @@ class _Strategy:
         worker_init: Callable[[], None] | None = None,
         max_tasks_per_child: int = 0,
         max_memory_per_child: int = 0,
+        records: RecordsDir | None = None,
+        orphan_timeout: float = 600.0,
     ) -> None:
         self.kill_grace = kill_grace
+        self.records = records
         # What every worker gets. Recycling applies to QueuedLocalWorkers only: a LocalWorker runs
         # one task anyway.
         self.worker_options = WorkerOptions(
-            kill_grace=kill_grace, init=worker_init, max_tasks=max_tasks_per_child, max_rss_mib=max_memory_per_child
+            kill_grace=kill_grace,
+            init=worker_init,
+            max_tasks=max_tasks_per_child,
+            max_rss_mib=max_memory_per_child,
+            records=records,
+            orphan_timeout=orphan_timeout,
         )
+        self._adopted: dict[Hashable, _Adopted] = {}
         self.manager: SyncManager | None = None
         self.result_queue: Any = None
         #: What happened, for metrics: worker_deaths, recycles, timeouts, revokes, channel_restarts.
@@ -158,7 +184,7 @@ class _Strategy:
             raise RuntimeError(
                 f"{type(self).__name__} is not accepting work (started={self._started}, ending={self._ending})."
             )
-        if job.key in self._dispatched or self._is_pending(job.key):
+        if job.key in self._dispatched or job.key in self._adopted or self._is_pending(job.key):
             raise ValueError(f"job {job.key!r} is already queued or running in forklift; not running it twice.")
         self._submitted[job.key] = time.monotonic()
         self._accept(job)
@@ -177,6 +203,7 @@ class _Strategy:
             self._restore_channel(exc)
         results.extend(self._fail_lost(dead))
         results.extend(self._fail_unclaimed())
+        results.extend(self._poll_adopted())
         self._escalate_kills()
         self._after_poll(dead)
         for result in results:
@@ -198,6 +225,11 @@ class _Strategy:
         if self._withdraw(key):
             self.counters["revokes"] += 1
             return "withdrawn"
+        adopted = self._adopted.pop(key, None)
+        if adopted is not None:
+            self.counters["revokes"] += 1
+            self._stop_adopted(adopted)
+            return "stopped"
         dispatch = self._dispatched.pop(key, None)
         if dispatch is None:
             return "unknown"
@@ -210,8 +242,12 @@ class _Strategy:
             return "stopped"
         return "withdrawn"  # handed to a worker but not started: stopped the moment it says RUNNING
 
-    def end(self, timeout: float, escalate: Callable[[], bool] = lambda: False) -> list[Result]:
-        """Stop taking work, let running jobs finish for up to ``timeout`` s, stop the rest.
+    def end(
+        self, timeout: float, escalate: Callable[[], bool] = lambda: False, *, leave_running: bool = False
+    ) -> list[Result]:
+        """Stop taking work, let running jobs finish for up to ``timeout`` s, then stop the rest, or,
+        with ``leave_running`` (and a records directory), leave them to run on for the next scheduler
+        to adopt.
 
         ``escalate`` is asked while waiting; once it says True the waiting stops (a second signal).
         """
@@ -229,6 +265,9 @@ class _Strategy:
             except _CHANNEL_ERRORS:
                 break
         results.extend(self.poll_final())
+        results.extend(self._poll_adopted())
+        if leave_running and self.records is not None:
+            return results + self._leave_running()
         if self._live_workers() or self._dispatched:
             log.warning(
                 "forklift: %d job(s) still running %.1f s after shutdown began%s; stopping them.",
@@ -293,13 +332,130 @@ class _Strategy:
                 Result(key, FAILED, "stopped by forklift at shutdown before it finished", dispatch.worker_pid or 0)
             )
             del self._dispatched[key]
+            self._forget_record(key)
+        for key, adopted in list(self._adopted.items()):
+            self._stop_adopted(adopted)
+            del self._adopted[key]
+            results.append(Result(key, FAILED, "stopped by forklift at shutdown before it finished", adopted.record.worker.pid))
         self._shutdown_manager()
         return results
 
     # -- state for callers and tests --------------------------------------------------------
     @property
     def running_keys(self) -> set[Hashable]:
-        return set(self._dispatched)
+        return set(self._dispatched) | set(self._adopted)
+
+    @property
+    def adopted_keys(self) -> set[Hashable]:
+        return set(self._adopted)
+
+    # -- handover: adopting what another engine left running ----------------------------------
+    def adopt(self, key: Hashable) -> bool:
+        """Take over ``key`` if another engine left it running on this machine (or left its outcome).
+
+        True: it holds a slot here from now on and :meth:`poll` reports its end. False: there is
+        nothing here to adopt (no record, another boot, or its worker died without an outcome, in
+        which case whatever is left of the task is stopped), so Airflow may reset and rerun it.
+        """
+        if self.records is None or not self._started or self._ending:
+            return False
+        if key in self._dispatched or key in self._adopted or self._is_pending(key):
+            return True  # ours already
+        record = self.records.read(key)
+        if record is None or record.boot != boot_id():
+            return False
+        pidfd = None
+        if not record.finished:
+            pidfd = _open_pidfd(record.worker)
+            if pidfd is None and not record.worker.alive():
+                # Its worker is gone without an outcome: nobody can vouch for the task any more.
+                if record.task is not None and record.task.alive():
+                    kill_session(record.task.pid)
+                log.warning("forklift: not adopting %s: its worker %d is gone.", record.title or key, record.worker.pid)
+                self.records.remove(key)
+                return False
+        self.records.claim(key, ProcessId.me())
+        self._adopted[key] = _Adopted(record, pidfd)
+        self.counters["adoptions"] += 1
+        log.info(
+            "forklift: adopted %s (%s; worker pid %d)",
+            record.title or key,
+            "still running" if not record.finished else f"already {record.state}",
+            record.worker.pid,
+        )
+        return True
+
+    def _poll_adopted(self) -> list[Result]:
+        """Adopted tasks whose worker has exited: their outcome, as the worker recorded it."""
+        if not self._adopted:
+            return []
+        fds = [a.pidfd for a in self._adopted.values() if a.pidfd is not None]
+        ready = set(select.select(fds, [], [], 0)[0]) if fds else set()
+        out: list[Result] = []
+        for key, adopted in list(self._adopted.items()):
+            if adopted.pidfd is not None:
+                if adopted.pidfd not in ready:
+                    continue
+            elif not adopted.record.finished and adopted.record.worker.alive():
+                continue
+            out.append(self._adopted_outcome(key, adopted))
+            del self._adopted[key]
+        return out
+
+    def _adopted_outcome(self, key: Hashable, adopted: _Adopted) -> Result:
+        assert self.records is not None
+        if adopted.pidfd is not None:
+            os.close(adopted.pidfd)
+        record = self.records.read(key) or adopted.record
+        self.records.remove(key)
+        worker = record.worker.pid
+        if record.finished:
+            return Result(key, record.state, record.reason, worker)
+        if record.task is not None and record.task.alive():
+            kill_session(record.task.pid)  # unsupervised now: stop what is left of it
+        reason = f"forklift worker pid {worker} (of an earlier scheduler) died while running it"
+        log.error("forklift: %s: %s", record.title or key, reason)
+        return Result(key, FAILED, reason, worker)
+
+    def _stop_adopted(self, adopted: _Adopted) -> None:
+        task = adopted.record.task
+        if task is not None and task.alive():
+            self._stop_group(task.pid)
+        if adopted.pidfd is not None:
+            os.close(adopted.pidfd)
+            adopted.pidfd = None
+
+    def _leave_running(self) -> list[Result]:
+        """End without stopping running tasks: their workers carry on and write their outcomes for
+        the next scheduler. Only idle workers (sent their stop message already) and the Manager go."""
+        left = [w for w in self._workers() if w.is_alive()]
+        for worker in left:
+            # multiprocessing's exit handler would SIGTERM and then join every live child: that is
+            # what must not happen to a worker whose task is to outlive this scheduler.
+            multiprocessing.process._children.discard(worker)  # type: ignore[attr-defined]
+            self._forget_worker(worker)
+        running = [d.job.title or key for key, d in self._dispatched.items() if d.worker_pid]
+        if running:
+            log.warning(
+                "forklift: leaving %d running task(s) for the next scheduler to adopt "
+                "([forklift] on_shutdown = adopt): %s",
+                len(running),
+                ", ".join(map(str, running)),
+            )
+        self._dispatched.clear()
+        for adopted in self._adopted.values():
+            if adopted.pidfd is not None:
+                os.close(adopted.pidfd)
+        self._adopted.clear()
+        self._shutdown_manager()
+        return []
+
+    def _forget_record(self, key: Hashable) -> None:
+        if self.records is not None:
+            try:
+                self.records.remove(key)
+            except OSError as exc:  # a leftover record is swept later; never fail a result over it
+                log.debug("forklift: could not remove the record of %r: %s", key, exc)
 
     def worker_pids(self) -> list[int]:
         return [w.pid for w in self._workers() if w.pid is not None and w.is_alive()]
@@ -385,6 +541,7 @@ class _Strategy:
                 self._stop_group(result.info)  # revoked before it started: stop it now
             else:
                 self._revoked.discard(result.seq)
+                self._forget_record(result.key)
             return False
         dispatch = self._dispatched.get(result.key)
         if dispatch is None or (result.seq and result.seq != dispatch.seq):
@@ -408,6 +565,7 @@ class _Strategy:
             if isinstance(result.info, str) and result.info.startswith("timed out"):
                 self.counters["timeouts"] += 1
             del self._dispatched[result.key]
+            self._forget_record(result.key)
         return True
 
     def _fail_lost(self, dead: list[_Worker]) -> list[Result]:
@@ -425,6 +583,13 @@ class _Strategy:
                 log.error("forklift: worker pid %s %s; it will be replaced.", worker.pid, describe_exit(status))
             for key, dispatch in list(self._dispatched.items()):
                 if dispatch.worker_pid == worker.pid:
+                    recorded = self.records.read(key) if self.records is not None else None
+                    if recorded is not None and recorded.finished and recorded.worker.pid == worker.pid:
+                        # It could not report (its channel was gone), but it wrote down how the task ended.
+                        out.append(Result(key, recorded.state, recorded.reason, worker.pid or 0, dispatch.seq))
+                        del self._dispatched[key]
+                        self._forget_record(key)
+                        continue
                     # It has lost its supervisor: stop everything in its session, wherever it went.
                     if dispatch.task_pid:
                         kill_session(dispatch.task_pid)
@@ -438,6 +603,7 @@ class _Strategy:
                     log.error("forklift: %s: %s", dispatch.job.title or key, reason)
                     out.append(Result(key, FAILED, reason, worker.pid or 0, dispatch.seq))
                     del self._dispatched[key]
+                    self._forget_record(key)
             self._forget_worker(worker)
             self._recycled.discard(worker.pid or 0)
             self._stale.discard(worker.pid or 0)
@@ -602,7 +768,12 @@ class LimitedParallelism(_Strategy):
         return sum(1 for pid, w in self._pool.items() if pid not in self._stale and w.is_alive())
 
     def _feed(self) -> None:
-        while self._pending and len(self._dispatched) < self.parallelism + self.prefetch and not self._ending:
+        # An adopted task holds a slot like a dispatched one.
+        while (
+            self._pending
+            and len(self._dispatched) + len(self._adopted) < self.parallelism + self.prefetch
+            and not self._ending
+        ):
             _, _, job = heapq.heappop(self._pending)
             self._pending_keys.discard(job.key)
             dispatch = self._dispatched[job.key] = _Dispatch(job)
@@ -709,6 +880,25 @@ def make_strategy(parallelism: int, **options: Any) -> _Strategy:
     if parallelism == 0:
         return UnlimitedParallelism(**options)
     return LimitedParallelism(parallelism, prefetch=prefetch, **options)
+
+
+def _open_pidfd(proc: ProcessId) -> int | None:
+    """A pidfd for ``proc`` (readable once it exits), or None if it is gone or the kernel has none.
+
+    The start time is checked after opening: the fd then names that very process, never a later one
+    that reused its pid.
+    """
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if pidfd_open is None:
+        return None
+    try:
+        fd = int(pidfd_open(proc.pid))
+    except OSError:
+        return None
+    if not proc.alive():
+        os.close(fd)
+        return None
+    return fd
 
 
 def _close_dead(worker: _Worker) -> None:

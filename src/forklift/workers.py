@@ -6,6 +6,11 @@ which gives the task a process (and process group) of its own, and reports on th
 
     Result(key, RUNNING, task_pid, worker_pid)   as soon as the task's process exists
     Result(key, SUCCESS | FAILED, reason, worker_pid)   when it has ended
+
+With a records directory (``WorkerOptions.records``), a worker also writes each task's record there
+(:mod:`forklift.handover`) and outlives its scheduler: when the scheduler dies or exits, the kernel
+sends the worker SIGHUP; it takes no new work, lets its task run on for a scheduler to adopt, stops
+it if none does within ``orphan_timeout``, writes the outcome, and exits.
 """
 
 from __future__ import annotations
@@ -14,12 +19,15 @@ import logging
 import multiprocessing
 import os
 import signal
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from forklift.handover import ProcessId, RecordsDir, TaskRecord, boot_id
 from forklift.jobs import FAILED, RECYCLED, RUNNING, Job, Result
-from forklift.lifeline import die_with_parent, kill_session
+from forklift.lifeline import die_with_parent, kill_session, stop_session
 from forklift.proctitle import set_title
 from forklift.runners import run_job
 
@@ -43,6 +51,11 @@ class WorkerOptions:
     #: QueuedLocalWorker only: leave after this many tasks / above this RSS in MiB (0: never).
     max_tasks: int = 0
     max_rss_mib: int = 0
+    #: Where tasks' records go so another scheduler can adopt them. None: no handover, and a
+    #: worker dies with its scheduler, taking its task with it.
+    records: RecordsDir | None = None
+    #: With ``records``: how long a task whose scheduler is gone may run on unadopted (0: stop it at once).
+    orphan_timeout: float = 600.0
 
 
 class ResultChannelClosed(Exception):
@@ -55,15 +68,29 @@ class _Worker(_FORK.Process):  # type: ignore[name-defined,misc]
         self.result_queue = result_queue
         self.options = options
         self._task_pgid: int | None = None  # the session (and group) the running task leads
+        self._job: Job | None = None  # the job being run, from before its process exists
+        self._parent: ProcessId | None = None  # the scheduler that started this worker
+        self._me: ProcessId | None = None
+        self._leaving = False  # take no further work: finish the task in hand, then exit
+        self._orphaned = False  # the scheduler is gone
+        self._channel_closed = False
+        self._stop_reason: str | None = None  # set when forklift stops an unadopted task
+        self._watchdog: threading.Thread | None = None
 
     def run(self) -> None:
         # Ctrl-C in a terminal reaches the whole foreground process group; the scheduler decides
         # how its executor shuts down, so a worker must not die of it on its own.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        # SIGTERM (from terminate(), or from the kernel when the scheduler dies, however it dies):
-        # take the running task's whole process group down too, so nothing is orphaned.
         signal.signal(signal.SIGTERM, self._on_sigterm)
-        die_with_parent(signal.SIGTERM)
+        self._parent = ProcessId.of(os.getppid())
+        self._me = ProcessId.me()
+        if self.options.records is None:
+            # No handover: when the scheduler dies, however it dies, the task goes with it.
+            die_with_parent(signal.SIGTERM)
+        else:
+            # Handover: the scheduler's death is news, not an order (see _on_parent_gone).
+            signal.signal(signal.SIGHUP, self._on_parent_gone)
+            die_with_parent(signal.SIGHUP)
         if self.options.init is not None:
             try:
                 self.options.init()
@@ -78,23 +105,95 @@ class _Worker(_FORK.Process):  # type: ignore[name-defined,misc]
         raise NotImplementedError
 
     def _on_sigterm(self, signum: int, frame: object) -> None:
+        if self.options.records is not None and self._job is not None:
+            # Handover: a SIGTERM to the whole process group (a service manager stopping the
+            # scheduler) must not cost the task its run; it goes on, and this worker leaves after it.
+            # forklift's own terminate() stops the task's session first, so that still ends it.
+            self._leaving = True
+            return
         if self._task_pgid:  # the task leads its own session: leave nothing of it behind
             kill_session(self._task_pgid)
         os._exit(128 + signum)
 
+    def _on_parent_gone(self, signum: int, frame: object) -> None:
+        if self._parent is not None and os.getppid() == self._parent.pid:
+            return  # a SIGHUP from a terminal, not the kernel's word that the scheduler died
+        self._orphaned = self._leaving = True
+        if self._job is None:
+            os._exit(0)  # nothing in hand: nothing to hand over
+        self._watch_while_orphaned()
+
+    def _watch_while_orphaned(self) -> None:
+        """Once the task's process exists, watch (in a thread: the main one waits for the task) for a
+        scheduler to adopt it, and stop it if none does within ``orphan_timeout``."""
+        if self._watchdog is not None or self._task_pgid is None or self._job is None:
+            return
+        self._watchdog = threading.Thread(
+            target=self._orphan_watch, args=(self._job, self._task_pgid), name="forklift-orphan-watch", daemon=True
+        )
+        self._watchdog.start()
+
+    def _orphan_watch(self, job: Job, pgid: int) -> None:
+        records, limit = self.options.records, self.options.orphan_timeout
+        assert records is not None
+        unowned_since: float | None = time.monotonic()
+        while self._task_pgid == pgid:
+            owner = records.owner(job.key)
+            if owner is not None and owner != self._parent and owner.alive():
+                unowned_since = None  # adopted: its new scheduler watches it now
+            elif unowned_since is None:
+                unowned_since = time.monotonic()  # its adopter is gone too
+                log.warning("forklift worker %d: the scheduler that adopted %s is gone.", os.getpid(), job.title)
+            if unowned_since is not None and time.monotonic() - unowned_since >= limit:
+                self._stop_reason = (
+                    f"stopped by forklift: its scheduler was gone and no scheduler adopted it within {limit:g} s "
+                    "([forklift] orphan_timeout)"
+                )
+                log.warning("forklift worker %d: %s: %s", os.getpid(), job.title or job.key, self._stop_reason)
+                stop_session(pgid, self.options.kill_grace, still_running=lambda: self._task_pgid == pgid)
+                return
+            time.sleep(0.25)
+
     def _started(self, job: Job, seq: int, pid: int) -> None:
         self._task_pgid = pid
+        self._record(job, RUNNING, "", task=ProcessId.of(pid))
         self._report(Result(job.key, RUNNING, pid, os.getpid(), seq))
+        if self._orphaned:
+            self._watch_while_orphaned()
+
+    def _record(self, job: Job, state: str, reason: str, task: ProcessId | None = None) -> None:
+        records = self.options.records
+        if records is None or self._me is None:
+            return
+        try:
+            if task is None and state != RUNNING:
+                previous = records.read(job.key)
+                task = previous.task if previous is not None else None
+            records.write(
+                job.key,
+                TaskRecord(repr(job.key), job.title, boot_id(), self._me, task, state, reason, time.time()),
+            )
+        except OSError as exc:  # the record is a safety net; the task runs and reports without it
+            log.warning("forklift worker %d: could not write the record of %s: %s", os.getpid(), job.title, exc)
 
     def _report(self, result: Result) -> None:
+        if self._channel_closed:
+            return
         try:
             self.result_queue.put(result)
         except (EOFError, OSError) as exc:  # BrokenPipeError, ConnectionResetError, ...
-            raise ResultChannelClosed(str(exc)) from exc
+            if self.options.records is None:
+                raise ResultChannelClosed(str(exc)) from exc
+            # The task's record carries its outcome to whichever scheduler reads it; this worker
+            # finishes supervising the task and then leaves.
+            self._channel_closed = self._leaving = True
 
     def execute(self, job: Job, seq: int) -> None:
+        if self._orphaned:
+            return  # taken in the instant the scheduler died: not started, so Airflow resets it
         set_title(f"{TITLE_PREFIX}: {job.title}")
         me = os.getpid()
+        self._job = job
         try:
             state, reason = run_job(job, lambda pid: self._started(job, seq, pid), self.options.kill_grace)
         except ResultChannelClosed:
@@ -104,6 +203,10 @@ class _Worker(_FORK.Process):  # type: ignore[name-defined,misc]
             state, reason = FAILED, f"forklift worker {me} could not run it: {type(exc).__name__}: {exc}"
         finally:
             self._task_pgid = None
+        if self._stop_reason is not None:
+            state, reason = FAILED, f"{self._stop_reason} ({reason})"
+        self._record(job, state, reason)
+        self._job = None
         self._report(Result(job.key, state, reason, me, seq))
 
 
@@ -143,6 +246,8 @@ class QueuedLocalWorker(_Worker):
                 return
             seq, job = item
             self.execute(job, seq)
+            if self._leaving:
+                return
             done += 1
             reason = self._recycle_reason(done)
             if reason:

@@ -86,3 +86,10 @@ def hang(pidfile: str, ignore_term: bool) -> int:
     os.replace(tmp, pidfile)
     while True:
         time.sleep(60)
+
+
+def timed(path: str, name: str, seconds: float) -> int:
+    """Sleep, then append ``name pid start end``: a run that left no line did not finish."""
+    start = time.time()
+    time.sleep(seconds)
+    return append(path, f"{name} {os.getpid()} {start} {time.time()}")
