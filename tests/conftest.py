@@ -31,11 +31,12 @@ def marker_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("markers")
 
 
-def start_stack(home: Path, dags: Path, env: dict[str, str]) -> tuple[AirflowStack, object]:
-    """Migrate and start a deployment; on Airflow 2 on a PostgreSQL of its own. Returns (stack, db server)."""
+def start_stack(home: Path, dags: Path, env: dict[str, str], postgres: bool = False) -> tuple[AirflowStack, object]:
+    """Migrate and start a deployment; on a PostgreSQL of its own on Airflow 2 (which refuses SQLite
+    with a parallel executor) or when ``postgres`` (several schedulers). Returns (stack, db server)."""
     server = None
     conn = None
-    if airflow_major() < 3:
+    if postgres or airflow_major() < 3:
         from forklift.testing.postgres import PostgresServer
 
         server = PostgresServer()
@@ -68,8 +69,8 @@ def stack_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """Start further deployments (e.g. with other [core] executor lists); all are stopped at the end."""
     started: list[tuple[AirflowStack, object]] = []
 
-    def make(dags: Path, env: dict[str, str]) -> AirflowStack:
-        st, server = start_stack(tmp_path_factory.mktemp("airflow-home"), dags, env)
+    def make(dags: Path, env: dict[str, str], postgres: bool = False) -> AirflowStack:
+        st, server = start_stack(tmp_path_factory.mktemp("airflow-home"), dags, env, postgres)
         started.append((st, server))
         return st
 

@@ -27,14 +27,23 @@ Data flow (LimitedParallelism, ``[forklift] parallelism = N``)::
 
     start(): Task SDK caches and preload_modules filled once, gc.freeze(), N workers forked
     end(): pending and held-ready withdrawn → poison pill per worker → wait ≤ shutdown_timeout
-           → terminate(): TERM, then KILL, each task's process group and worker → Manager shutdown
+           → on_shutdown=adopt: leave running tasks to their workers (below) → Manager shutdown
+           → on_shutdown=stop: terminate(): TERM, then KILL, each task's session and worker
+
+Handover (``handover``): work outlives its scheduler::
+
+    worker ── task started / ended ──► records_dir/<key>.json ◄── read ── next scheduler's
+      │  scheduler gone (SIGHUP from the kernel):                           try_adopt_task_instances
+      │  no new work; task runs on       records_dir/<key>.owner ◄── claim ─┘  (slot held; its end
+      │  unclaimed after orphan_timeout → stop the task                          read via the worker's pidfd)
+      └─ outcome written → exit
 
 UnlimitedParallelism (``parallelism = 0``) is the same, but ``submit`` forks one ``LocalWorker`` per
 job at once, which runs that job, reports, and exits; there is no task queue.
 
 Modules: ``settings`` (configuration rules), ``jobs`` (Job/Result), ``runners`` (fork/subprocess),
-``workers``, ``strategies`` (the engine; no Airflow import), ``airflow_compat`` (the one place Airflow
-versions differ), ``executor`` (the adapter).
+``workers``, ``strategies`` (the engine; no Airflow import), ``handover`` (task records for adoption),
+``airflow_compat`` (the one place Airflow versions differ), ``executor`` (the adapter).
 """
 
 from __future__ import annotations

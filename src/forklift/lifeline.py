@@ -35,7 +35,7 @@ def die_with_parent(sig: int = signal.SIGTERM) -> bool:
     return ok
 
 
-def kill_session(sid: int) -> list[int]:
+def kill_session(sid: int, spare: int | None = None) -> list[int]:
     """SIGKILL every process in session ``sid`` (a task's session: its leader's pid); return their pids.
 
     Each task leads a session of its own, and everything it starts stays in it unless it detaches on
@@ -48,7 +48,7 @@ def kill_session(sid: int) -> list[int]:
     me = os.getpid()
     killed = []
     for pid in psutil.pids():
-        if pid == me:
+        if pid in (me, spare):
             continue
         try:
             if os.getsid(pid) == sid:
@@ -60,14 +60,27 @@ def kill_session(sid: int) -> list[int]:
 
 
 def stop_session(sid: int, kill_grace: float, still_running: Callable[[], bool]) -> None:
-    """Stop a task's session: SIGTERM to its leader's group (the task's own handlers get to run),
-    then, if ``still_running()`` after ``kill_grace`` seconds, SIGKILL to everything in the session."""
+    """Stop a task's session so that its supervisor can still record how it ended.
+
+    SIGTERM to the leader's group first (the task's own handlers run; Airflow 3's supervisor forwards
+    it to its task). Still running after ``kill_grace``: SIGKILL everything in the session *but* the
+    leader. Airflow 3's task runner only calls ``on_kill()`` on SIGTERM and runs on, and the supervisor
+    is what reports a task's end to the API server, so killing it with its task would leave the task
+    instance "running" with nobody left to say otherwise. The leader then gets ``kill_grace`` to report
+    and exit before it is killed too.
+    """
+
+    def wait(seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while still_running() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return still_running()
+
     try:
         os.killpg(sid, signal.SIGTERM)
     except (ProcessLookupError, PermissionError):
         pass
-    deadline = time.monotonic() + kill_grace
-    while still_running() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if still_running():
-        kill_session(sid)
+    if wait(kill_grace):
+        kill_session(sid, spare=sid)
+        if wait(kill_grace):
+            kill_session(sid)

@@ -113,6 +113,9 @@ class AirflowStack:
                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.sql_alchemy_conn,
                 "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
                 "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+                # A test deployment is torn down, not restarted: stopping its scheduler stops its tasks
+                # too. (forklift's default, adopt, leaves them running for the next scheduler.)
+                "AIRFLOW__FORKLIFT__ON_SHUTDOWN": "stop",
                 "PYTHONUNBUFFERED": "1",
                 # As in a real deployment, the `airflow` next to this interpreter is on PATH
                 # (Airflow 2's subprocess mode runs the `airflow tasks run` command as given).
@@ -197,6 +200,32 @@ class AirflowStack:
 
     def start_scheduler(self, env: Mapping[str, str] | None = None, stdout: int | None = None) -> None:
         self.start_component("scheduler", "scheduler", env=env, stdout=stdout)
+
+    def process(self, name: str) -> subprocess.Popen[bytes]:
+        """The running component's process (the leader of its process group)."""
+        comp = self._components.get(name)
+        if comp is None:
+            raise StackError(f"{name} is not running")
+        return comp.proc
+
+    def signal_component(self, name: str, sig: int) -> None:
+        """Send ``sig`` to the component's own process only, as a crash, an OOM kill or `kill PID` would."""
+        self.process(name).send_signal(sig)
+
+    def release_component(self, name: str, timeout: float = 90) -> int | None:
+        """Wait for the component's process to exit (after :meth:`signal_component`) and forget it,
+        leaving the rest of its process group alone: what is meant to outlive it (forklift's
+        workers and tasks, handed over to the next scheduler) does. Returns its exit code."""
+        comp = self._components.pop(name, None)
+        if comp is None:
+            return None
+        try:
+            return comp.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self._dump_stacks(comp)
+            comp.proc.kill()
+            comp.proc.wait(timeout=30)
+            raise StackError(f"{name} did not exit within {timeout:.0f} s:\n{self.log_tail(name)}") from None
 
     def stop_component(self, name: str, timeout: float = 60) -> int | None:
         """SIGTERM the component's process group, wait, then SIGKILL what is left. Returns its exit code."""

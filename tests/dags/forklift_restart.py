@@ -1,0 +1,70 @@
+"""The DAG the restart tests run: three long tasks and ten quick ones.
+
+Each task process records its own run in ``conf["out_dir"]``: ``<task>.<pid>.start`` when it begins
+(with its try number and the pids above it) and ``<task>.<pid>.end`` when it finishes, so a test
+can see from the tasks themselves whether any task instance ever ran twice, or twice at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pendulum
+import psutil
+
+try:  # Airflow 3
+    from airflow.sdk import DAG
+except ImportError:  # Airflow 2
+    from airflow import DAG  # type: ignore[no-redef]
+try:
+    from airflow.providers.standard.operators.python import PythonOperator
+except ImportError:
+    from airflow.operators.python import PythonOperator  # type: ignore[no-redef]
+
+
+def _write(path: Path, data: dict) -> None:
+    tmp = path.with_name("." + path.name)
+    tmp.write_text(json.dumps(data))
+    tmp.replace(path)
+
+
+def run(seconds_key: str, **context: object) -> None:
+    conf = context["dag_run"].conf  # type: ignore[attr-defined]
+    out = Path(conf["out_dir"])
+    ti = context["ti"]
+    me = psutil.Process()
+    name = f"{ti.task_id}.{os.getpid()}"  # type: ignore[attr-defined]
+    _write(
+        out / f"{name}.start",
+        {"try": ti.try_number, "start": time.time(), "parents": [p.pid for p in me.parents()]},  # type: ignore[attr-defined]
+    )
+    time.sleep(float(conf.get(seconds_key, 0)))
+    _write(out / f"{name}.end", {"end": time.time()})
+
+
+with DAG(
+    dag_id="forklift_restart",
+    schedule=None,
+    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
+    catchup=False,
+    default_args={"retries": 1},
+    max_active_tasks=64,
+):
+    for i in range(3):
+        PythonOperator(task_id=f"long_{i}", python_callable=run, op_kwargs={"seconds_key": "long_seconds"})
+    for i in range(10):
+        PythonOperator(task_id=f"quick_{i}", python_callable=run, op_kwargs={"seconds_key": "quick_seconds"})
+
+with DAG(
+    dag_id="forklift_spread",
+    schedule=None,
+    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
+    catchup=False,
+    default_args={"retries": 0},
+    max_active_tasks=64,
+):
+    for i in range(40):
+        PythonOperator(task_id=f"quick_{i:02d}", python_callable=run, op_kwargs={"seconds_key": "quick_seconds"})
