@@ -65,8 +65,8 @@ _lock:
 	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
 	# py-spy: the test harness dumps a component's stacks when it does not stop on SIGTERM.
 	# celery 5.7 dropped what apache-airflow-providers-celery 3.26 imports (celery.backends.database.retry).
-	# psycopg2: the tests run two schedulers on one PostgreSQL on every line.
-	.venv-lock/bin/pip install --quiet "$(SPEC)" "celery<5.7" pytest pytest-timeout py-spy psycopg2-binary
+	# psycopg2 (and asyncpg for Airflow 3's async engine): the tests run two schedulers on one PostgreSQL on every line.
+	.venv-lock/bin/pip install --quiet "$(SPEC)" "celery<5.7" pytest pytest-timeout py-spy psycopg2-binary $(if $(filter 3.%,$(LINE)),asyncpg)
 	(echo "# The Airflow $(LINE) test/demo environment, pinned (Airflow's constraints files are not reachable here)."; \
 	 echo "# Regenerate: make lock-airflow$(firstword $(subst ., ,$(LINE)))"; .venv-lock/bin/pip freeze) > requirements/airflow-$(LINE).txt
 	rm -rf .venv-lock
