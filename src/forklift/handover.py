@@ -26,6 +26,7 @@ token, no workload, no command line. Files are 0600, the directory 0700.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -41,6 +42,7 @@ import psutil
 RUNNING = "running"
 
 
+@functools.lru_cache(maxsize=1)
 def boot_id() -> str:
     """This boot of this machine (Linux); a pid and start time only mean something within one."""
     try:

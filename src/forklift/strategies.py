@@ -297,6 +297,19 @@ class _Strategy:
         # Workers are our children: multiprocessing reaps them. Only their descendants are
         # waited for through psutil (which would otherwise reap the workers behind join()'s back).
         tasks = self._descendants(workers)
+        # Adopted tasks belong to another engine's workers: stopped the same way, waited for by polling.
+        for key, adopted in list(self._adopted.items()):
+            task = adopted.record.task
+            if task is not None and task.alive():
+                groups.append(task.pid)
+                try:
+                    tasks.append(psutil.Process(task.pid))
+                except psutil.NoSuchProcess:
+                    pass
+            if adopted.pidfd is not None:
+                os.close(adopted.pidfd)
+            del self._adopted[key]
+            results.append(Result(key, FAILED, "stopped by forklift at shutdown before it finished", adopted.record.worker.pid))
         # 1. Tasks first, gently: each task's whole process group gets SIGTERM and kill_grace to go.
         for pgid in groups:
             _signal_group(pgid, signal.SIGTERM)
@@ -333,10 +346,6 @@ class _Strategy:
             )
             del self._dispatched[key]
             self._forget_record(key)
-        for key, adopted in list(self._adopted.items()):
-            self._stop_adopted(adopted)
-            del self._adopted[key]
-            results.append(Result(key, FAILED, "stopped by forklift at shutdown before it finished", adopted.record.worker.pid))
         self._shutdown_manager()
         return results
 

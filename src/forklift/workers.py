@@ -75,6 +75,7 @@ class _Worker(_FORK.Process):  # type: ignore[name-defined,misc]
         self._orphaned = False  # the scheduler is gone
         self._channel_closed = False
         self._stop_reason: str | None = None  # set when forklift stops an unadopted task
+        self._task: ProcessId | None = None  # the running task's process, as its record names it
         self._watchdog: threading.Thread | None = None
 
     def run(self) -> None:
@@ -156,22 +157,20 @@ class _Worker(_FORK.Process):  # type: ignore[name-defined,misc]
 
     def _started(self, job: Job, seq: int, pid: int) -> None:
         self._task_pgid = pid
-        self._record(job, RUNNING, "", task=ProcessId.of(pid))
+        self._task = ProcessId.of(pid)
+        self._record(job, RUNNING, "")
         self._report(Result(job.key, RUNNING, pid, os.getpid(), seq))
         if self._orphaned:
             self._watch_while_orphaned()
 
-    def _record(self, job: Job, state: str, reason: str, task: ProcessId | None = None) -> None:
+    def _record(self, job: Job, state: str, reason: str) -> None:
         records = self.options.records
         if records is None or self._me is None:
             return
         try:
-            if task is None and state != RUNNING:
-                previous = records.read(job.key)
-                task = previous.task if previous is not None else None
             records.write(
                 job.key,
-                TaskRecord(repr(job.key), job.title, boot_id(), self._me, task, state, reason, time.time()),
+                TaskRecord(repr(job.key), job.title, boot_id(), self._me, self._task, state, reason, time.time()),
             )
         except OSError as exc:  # the record is a safety net; the task runs and reports without it
             log.warning("forklift worker %d: could not write the record of %s: %s", os.getpid(), job.title, exc)
@@ -206,7 +205,7 @@ class _Worker(_FORK.Process):  # type: ignore[name-defined,misc]
         if self._stop_reason is not None:
             state, reason = FAILED, f"{self._stop_reason} ({reason})"
         self._record(job, state, reason)
-        self._job = None
+        self._job = self._task = None
         self._report(Result(job.key, state, reason, me, seq))
 
 

@@ -271,3 +271,18 @@ def test_a_records_directory_of_another_user_is_refused(tmp_path: Path) -> None:
     os.chown(path, 65534, 65534)
     with pytest.raises(OSError, match="belongs to uid 65534"):
         RecordsDir(path).ensure()
+
+
+def test_terminate_stops_an_adopted_task_that_ignores_sigterm(tmp_path: Path, cleanup: list[int]) -> None:
+    """As Airflow 3's task runner does (SIGTERM only calls on_kill()): terminate() must escalate to SIGKILL."""
+    stub = Stub(tmp_path, parallelism=0, mode="subprocess", key="deaf", seconds=600)
+    task, worker = stub.said["task_pid"], stub.said["worker_pid"]
+    cleanup += [task, worker]
+    stub.kill()
+    engine = adopter(stub.records)
+    assert engine.adopt("deaf")
+    # Make the adopted task deaf to SIGTERM from outside: replace it with a process that ignores it.
+    os.kill(task, signal.SIGSTOP)  # a stopped process does not act on SIGTERM until SIGCONT
+    results = engine.terminate()
+    assert [(r.key, r.state) for r in results] == [("deaf", FAILED)]
+    wait_gone([task, worker], timeout=5)
