@@ -133,6 +133,25 @@ def check_subprocess_mode(settings: Settings, airflow_major: int) -> Check:
     return Check("subprocess mode", OK, f"`airflow` is {found}")
 
 
+def check_handover(settings: Settings, default_records_dir: str) -> Check:
+    """Running tasks outlive the scheduler only if their records directory is usable."""
+    from forklift.handover import RecordsDir
+
+    path = settings.records_dir or default_records_dir
+    try:
+        RecordsDir(path).ensure()
+    except OSError as exc:
+        return Check("handover", FAIL, f"{exc}; set [forklift] records_dir to a directory this user can write")
+    if settings.on_shutdown.value == "stop" and settings.orphan_timeout == 0:
+        return Check("handover", OK, f"off: tasks stop with their scheduler (records in {path})")
+    return Check(
+        "handover",
+        OK,
+        f"tasks outlive their scheduler (on_shutdown = {settings.on_shutdown.value}); unadopted after "
+        f"{settings.orphan_timeout:g} s they are stopped; records in {path}",
+    )
+
+
 def run_checks() -> list[Check]:
     """Every check, against this process's Airflow configuration."""
     from forklift import airflow_compat as compat
@@ -149,4 +168,5 @@ def run_checks() -> list[Check]:
         checks.append(check_execution_api(compat.execution_api_url(None)))
     if settings is not None:
         checks.append(check_subprocess_mode(settings, major))
+        checks.append(check_handover(settings, compat.default_records_dir()))
     return checks

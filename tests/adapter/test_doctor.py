@@ -14,6 +14,7 @@ from forklift.doctor import (
     check_database,
     check_execution_api,
     check_executor,
+    check_handover,
     check_scheduler_cap,
     check_settings,
     check_subprocess_mode,
@@ -80,3 +81,13 @@ def test_subprocess_mode_on_airflow_2_needs_airflow_on_path(monkeypatch: pytest.
     assert check_subprocess_mode(settings, 2).status == FAIL
     assert check_subprocess_mode(settings, 3).status == OK
     assert check_subprocess_mode(load_settings(lookup_from({}), parallelism=1), 2).status == OK  # fork mode
+
+
+def test_handover(tmp_path) -> None:  # noqa: ANN001
+    settings = load_settings(lookup_from({}), parallelism=2)
+    check = check_handover(settings, str(tmp_path / "records"))
+    assert check.status == OK and "outlive" in check.message and str(tmp_path / "records") in check.message
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    check = check_handover(settings, str(blocker / "records"))  # under a file: cannot be created
+    assert check.status == FAIL and "[forklift] records_dir" in check.message

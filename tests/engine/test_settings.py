@@ -127,3 +127,44 @@ def test_preload_modules() -> None:
     assert s.preload_modules == ("pandas", "my_co.operators")
     with pytest.raises(ConfigError, match=r"\[forklift\] preload_modules .*'my-co.ops'.* is not a module name"):
         load_settings(lookup_from({("forklift", "preload_modules"): "pandas, my-co.ops"}), parallelism=1)
+
+
+def test_handover_defaults_adopt_and_follow_airflows_orphan_check() -> None:
+    from forklift.settings import OnShutdown
+
+    s = load_settings(lookup_from({}), parallelism=2)
+    assert s.on_shutdown is OnShutdown.ADOPT and s.records_dir is None
+    assert s.orphan_timeout == 630.0  # 30 s threshold + 2 x 300 s orphan check, Airflow's defaults
+    prompt = load_settings(
+        lookup_from(
+            {
+                ("scheduler", "scheduler_health_check_threshold"): "60",
+                ("scheduler", "orphaned_tasks_check_interval"): "600",
+            }
+        ),
+        parallelism=2,
+    )
+    assert prompt.orphan_timeout == 1260.0
+    short = load_settings(lookup_from({("scheduler", "orphaned_tasks_check_interval"): "2"}), parallelism=2)
+    assert short.orphan_timeout == 120.0, "never below two minutes by default: room for a restart"
+    explicit = load_settings(
+        lookup_from({("forklift", "orphan_timeout"): "0", ("forklift", "on_shutdown"): " Stop ",
+                     ("forklift", "records_dir"): "/srv/forklift"}),
+        parallelism=2,
+    )
+    assert (explicit.orphan_timeout, explicit.on_shutdown, explicit.records_dir) == (0.0, OnShutdown.STOP, "/srv/forklift")
+
+
+@pytest.mark.parametrize(
+    ("key", "raw", "fragment"),
+    [
+        ("on_shutdown", "kill", "[forklift] on_shutdown (env AIRFLOW__FORKLIFT__ON_SHUTDOWN) = 'kill' is not a choice"),
+        ("orphan_timeout", "-5", "[forklift] orphan_timeout (env AIRFLOW__FORKLIFT__ORPHAN_TIMEOUT) = '-5' is out of range"),
+        ("orphan_timeout", "nan", "'nan' is out of range"),
+        ("orphan_timeout", "soon", "'soon' is not a number of seconds"),
+    ],
+)
+def test_bad_handover_settings_are_refused(key: str, raw: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(lookup_from({("forklift", key): raw}), parallelism=2)
+    assert fragment in str(info.value)

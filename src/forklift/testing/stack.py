@@ -449,14 +449,18 @@ class AirflowStack:
 
     # -- leak check ----------------------------------------------------------------------------
     def leftover_processes(self) -> list[psutil.Process]:
-        """Processes still alive whose environment names this stack's AIRFLOW_HOME."""
+        """Processes still alive that belong to this stack: their environment names its AIRFLOW_HOME, or
+        (for a process that retitled itself, as forklift's workers and tasks do: setproctitle reuses the
+        memory /proc shows as the environment) they run in its home, where every component starts."""
         marker = str(self.home)
         left = []
         for proc in psutil.process_iter(["pid"]):
             if proc.pid == os.getpid():
                 continue
             with contextlib.suppress(psutil.Error):
-                if proc.environ().get("AIRFLOW_HOME") == marker and proc.status() != psutil.STATUS_ZOMBIE:
+                if proc.status() == psutil.STATUS_ZOMBIE:
+                    continue
+                if proc.environ().get("AIRFLOW_HOME") == marker or proc.cwd() == marker:
                     left.append(proc)
         return left
 
