@@ -45,26 +45,23 @@ def run(seconds_key: str, **context: object) -> None:
     _write(out / f"{name}.end", {"end": time.time()})
 
 
-with DAG(
-    dag_id="forklift_restart",
-    schedule=None,
-    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
-    catchup=False,
-    default_args={"retries": 1},
-    max_active_tasks=64,
-):
+def _dag(dag_id: str, retries: int) -> DAG:
+    return DAG(
+        dag_id=dag_id,
+        schedule=None,
+        start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
+        catchup=False,
+        default_args={"retries": retries},  # 1 for forklift_restart: a reset would show as try 2
+        max_active_tasks=64,
+    )
+
+
+with _dag("forklift_restart", retries=1):
     for i in range(3):
         PythonOperator(task_id=f"long_{i}", python_callable=run, op_kwargs={"seconds_key": "long_seconds"})
     for i in range(10):
         PythonOperator(task_id=f"quick_{i}", python_callable=run, op_kwargs={"seconds_key": "quick_seconds"})
 
-with DAG(
-    dag_id="forklift_spread",
-    schedule=None,
-    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
-    catchup=False,
-    default_args={"retries": 0},
-    max_active_tasks=64,
-):
+with _dag("forklift_spread", retries=0):
     for i in range(40):
         PythonOperator(task_id=f"quick_{i:02d}", python_callable=run, op_kwargs={"seconds_key": "quick_seconds"})

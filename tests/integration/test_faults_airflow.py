@@ -104,22 +104,8 @@ def ancestor(record: dict, title: str) -> int:
 def out(tmp_path: Path, stack: AirflowStack):  # noqa: ANN201
     yield tmp_path
     # A test that stops the scheduler mid-task leaves that task "running" in the shared DB; the next
-    # scheduler would reset and rerun it. Mark what this test left unfinished as failed, as an
-    # operator would.
-    import sqlalchemy
-
-    engine = stack.db()
-    try:
-        with engine.begin() as conn:
-            for table in ("task_instance", "dag_run"):
-                conn.execute(
-                    sqlalchemy.text(
-                        f"UPDATE {table} SET state = 'failed' WHERE dag_id LIKE 'forklift_fault_%' "
-                        "AND (state IS NULL OR state NOT IN ('success', 'failed'))"
-                    )
-                )
-    finally:
-        engine.dispose()
+    # scheduler would reset and rerun it.
+    stack.fail_unfinished("forklift_fault_%")
 
 
 def wait_for_log(stack: AirflowStack, text: str, before: int, timeout: float = 60) -> float:

@@ -161,21 +161,9 @@ def out(tmp_path: Path, stack: AirflowStack) -> Iterator[Path]:
 
 
 def _abandon_unfinished(stack: AirflowStack) -> None:
-    """Mark what a failed test left unfinished as failed, so no later scheduler resets and reruns it."""
-    import sqlalchemy
-
-    engine = stack.db()
-    try:
-        with engine.begin() as conn:
-            for table in ("task_instance", "dag_run"):
-                conn.execute(
-                    sqlalchemy.text(
-                        f"UPDATE {table} SET state = 'failed' WHERE dag_id IN ('forklift_restart', 'forklift_spread') "
-                        "AND (state IS NULL OR state NOT IN ('success', 'failed'))"
-                    )
-                )
-    finally:
-        engine.dispose()
+    """What a failed test left unfinished is failed, so no later scheduler resets and reruns it."""
+    stack.fail_unfinished("forklift_restart")
+    stack.fail_unfinished("forklift_spread")
 
 
 def finish_and_check(stack: AirflowStack, out: Path, run_id: str, label: str, fault_at: float, old: list[int]) -> None:

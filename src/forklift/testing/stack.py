@@ -30,6 +30,8 @@ import psutil
 
 #: Terminal DAG-run states.
 FINISHED = {"success", "failed"}
+#: In the titles of forklift's own processes (workers, the result-queue manager, tasks).
+FORKLIFT_TITLE = "-- forklift"
 
 
 class StackError(RuntimeError):
@@ -213,19 +215,37 @@ class AirflowStack:
         self.process(name).send_signal(sig)
 
     def release_component(self, name: str, timeout: float = 90) -> int | None:
-        """Wait for the component's process to exit (after :meth:`signal_component`) and forget it,
-        leaving the rest of its process group alone: what is meant to outlive it (forklift's
-        workers and tasks, handed over to the next scheduler) does. Returns its exit code."""
+        """Wait for the component's process to exit (after :meth:`signal_component`) and forget it.
+
+        forklift's workers in its process group are left alone: they are meant to outlive it, hand
+        their tasks to the next scheduler and leave by themselves. The rest of the group is stopped, as
+        a service manager would: Airflow's own children (the scheduler's ``serve-logs``) outlive a
+        SIGKILLed scheduler otherwise. Returns the exit code.
+        """
         comp = self._components.pop(name, None)
         if comp is None:
             return None
+        members = [p for p in _group_members(comp.proc.pid) if p.pid != comp.proc.pid]
         try:
-            return comp.proc.wait(timeout=timeout)
+            code = comp.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self._dump_stacks(comp)
             comp.proc.kill()
             comp.proc.wait(timeout=30)
             raise StackError(f"{name} did not exit within {timeout:.0f} s:\n{self.log_tail(name)}") from None
+        airflows_own = []
+        for proc in members:
+            with contextlib.suppress(psutil.Error):
+                if proc.is_running() and FORKLIFT_TITLE not in " ".join(proc.cmdline()):
+                    airflows_own.append(proc)
+        for proc in airflows_own:
+            with contextlib.suppress(psutil.Error):
+                proc.terminate()
+        _, alive = psutil.wait_procs(airflows_own, timeout=10)
+        for proc in alive:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        return code
 
     def stop_component(self, name: str, timeout: float = 60) -> int | None:
         """SIGTERM the component's process group, wait, then SIGKILL what is left. Returns its exit code."""
@@ -436,6 +456,25 @@ class AirflowStack:
             return {}
         state, queued, start, end = rows[0]
         return {"state": state, "queued_at": _as_datetime(queued), "start": _as_datetime(start), "end": _as_datetime(end)}
+
+    def fail_unfinished(self, dag_id_like: str) -> None:
+        """Mark every unfinished task instance and DAG run of the matching DAGs failed, as an operator
+        would after abandoning them, so that no later scheduler resets and reruns them."""
+        import sqlalchemy
+
+        engine = self.db()
+        try:
+            with engine.begin() as conn:  # one transaction, committed on leaving (SQLAlchemy 1.4 and 2)
+                for table in ("task_instance", "dag_run"):
+                    conn.execute(
+                        sqlalchemy.text(
+                            f"UPDATE {table} SET state = 'failed' WHERE dag_id LIKE :pattern "
+                            "AND (state IS NULL OR state NOT IN ('success', 'failed'))"
+                        ),
+                        {"pattern": dag_id_like},
+                    )
+        finally:
+            engine.dispose()
 
     def scheduler_jobs_running(self) -> list[int]:
         """Ids of scheduler jobs the DB has as running (a started scheduler appears here once its loop runs)."""
