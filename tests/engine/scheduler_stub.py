@@ -5,7 +5,8 @@ either waits to be killed or ends leaving its running work behind.
 
 SPEC_JSON: {"records": dir, "parallelism": 0|N, "mode": "fork"|"subprocess", "key": str,
 "out": file the task appends "<key> <pid> <start> <end>" to, "seconds": task length,
-"orphan_timeout": s, "then": "wait" | "end", "secret": str written to a subprocess task's stdin}
+"orphan_timeout": s, "then": "wait" | "end", "secret": str written to a subprocess task's stdin,
+"held": [keys of quick jobs submitted after the first, held ready behind it]}
 Prints one JSON line once the task runs: {"task_pid": ..., "worker_pid": ...}.
 """
 
@@ -35,6 +36,7 @@ def main() -> None:
     engine = make_strategy(
         spec["parallelism"],
         kill_grace=1.0,
+        prefetch=4,  # LimitedParallelism: jobs beyond the workers wait on the task queue, held ready
         records=RecordsDir(spec["records"]).ensure(),
         orphan_timeout=spec.get("orphan_timeout", 600.0),
     )
@@ -48,10 +50,12 @@ def main() -> None:
                 secret_input=spec.get("secret", "").encode(),
             )
         engine.submit(Job(spec["key"], runnable, title=spec["key"]))
+        for key in spec.get("held", []):
+            engine.submit(Job(key, ForkCall(jobfns.timed, (spec["out"], key, 0)), title=key))
         deadline = time.monotonic() + 30
         while True:
             assert time.monotonic() < deadline, "the job never started"
-            started = [r for r in engine.poll(timeout=0.2) if r.state == RUNNING]
+            started = [r for r in engine.poll(timeout=0.2) if r.state == RUNNING and r.key == spec["key"]]
             if started:
                 print(json.dumps({"task_pid": started[0].info, "worker_pid": started[0].worker_pid}), flush=True)
                 break

@@ -286,3 +286,17 @@ def test_terminate_stops_an_adopted_task_that_ignores_sigterm(tmp_path: Path, cl
     results = engine.terminate()
     assert [(r.key, r.state) for r in results] == [("deaf", FAILED)]
     wait_gone([task, worker], timeout=5)
+
+
+def test_work_held_ready_never_starts_once_its_scheduler_is_gone(tmp_path: Path, cleanup: list[int]) -> None:
+    """One worker busy with a long task, two quick jobs held ready behind it on the task queue: the
+    scheduler dies, the long task finishes, and neither quick job ever runs (Airflow resets them)."""
+    stub = Stub(tmp_path, parallelism=1, mode="fork", key="long", seconds=2, held=["held_1", "held_2"])
+    task, worker = stub.said["task_pid"], stub.said["worker_pid"]
+    cleanup += [task, worker]
+    stub.kill()
+    wait_gone([task, worker], timeout=10)
+    assert len(stub.runs("long")) == 1
+    assert stub.runs("held_1") == [] and stub.runs("held_2") == []
+    record = RecordsDir(stub.records).read("long")
+    assert record is not None and record.state == SUCCESS, record
