@@ -154,7 +154,7 @@ class _Strategy:
         self._adopted: dict[Hashable, _Adopted] = {}
         self.manager: SyncManager | None = None
         self.result_queue: Any = None
-        #: What happened, for metrics: worker_deaths, recycles, timeouts, revokes, channel_restarts.
+        #: What happened, for metrics: worker_deaths, recycles, timeouts, revokes, channel_restarts, adoptions.
         self.counters: collections.Counter[str] = collections.Counter()
         # submit() → RUNNING, per job, for the dispatch-latency metric (taken by take_dispatch_latencies).
         self._submitted: dict[Hashable, float] = {}
