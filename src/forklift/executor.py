@@ -248,7 +248,9 @@ class LocalExecutor(BaseExecutor):
         if result.state == RUNNING:
             return
         key: Any = result.key
-        success_state, failure_state = self._outcome_states.pop(key, (None, None))
+        again = self.impl is not None and self.impl.waiting(key)  # queued again while this run was live
+        states = self._outcome_states.get(key) if again else self._outcome_states.pop(key, None)
+        success_state, failure_state = states or (None, None)
         if result.state == SUCCESS:
             if success_state is None:
                 self.success(key)
@@ -260,6 +262,10 @@ class LocalExecutor(BaseExecutor):
                 self.fail(key, info=result.info)
             else:
                 self.change_state(key, failure_state, info=result.info)
+        if again:
+            # Reporting the earlier run freed the key's slot; its next run holds it now. Airflow also
+            # reads "still in running" as "re-queued after deferral" and does not fail the task.
+            self.running.add(key)
 
     # -- shutdown --------------------------------------------------------------------------
     def end(self) -> None:

@@ -1,4 +1,5 @@
-"""Process-lifetime ties: die with the parent; stop everything a task started, wherever it went."""
+"""Process-lifetime ties: die with the parent; stop everything a task started, wherever it went
+(its session, and, through the worker being a child subreaper, whatever detached from it)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import time
 from collections.abc import Callable
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
 
 
 def _prctl(option: int, value: int) -> bool:
@@ -33,6 +35,42 @@ def die_with_parent(sig: int = signal.SIGTERM) -> bool:
     if expected_parent == 1 or os.getppid() != expected_parent:
         os._exit(1)
     return ok
+
+
+def become_subreaper() -> bool:
+    """Adopt every orphaned descendant (Linux ``PR_SET_CHILD_SUBREAPER``); True if the kernel agreed.
+
+    A task that detaches (``setsid()``, a double fork, a daemon) escapes its session, but not its
+    worker: whatever it leaves behind is re-parented to the worker instead of to init, so the worker
+    can stop it when the task ends (:func:`stop_children`).
+    """
+    return _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+
+
+def stop_children(kill_grace: float) -> list[tuple[int, str]]:
+    """Stop every child of this process (SIGTERM, then SIGKILL after ``kill_grace``) and reap them all,
+    zombies included. Called by a worker between tasks, when its only children are what a finished task
+    left behind. Returns ``(pid, command)`` of each live one stopped."""
+    import psutil
+
+    children = psutil.Process().children()
+    stopped = []
+    for child in children:
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE:
+                stopped.append((child.pid, " ".join(child.cmdline()) or child.name()))
+            child.terminate()
+        except psutil.Error:
+            continue
+    # wait_procs reaps them (they are our children), so no zombie stays either.
+    _, alive = psutil.wait_procs(children, timeout=kill_grace)
+    for child in alive:
+        try:
+            child.kill()
+        except psutil.Error:
+            continue
+    psutil.wait_procs(alive, timeout=kill_grace)
+    return stopped
 
 
 def kill_session(sid: int, spare: int | None = None) -> list[int]:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 
 from forklift.jobs import FAILED, SUCCESS, Command, ForkCall, Job, describe_exit
-from forklift.lifeline import kill_session
+from forklift.lifeline import kill_session, stop_children
 from forklift.proctitle import set_title
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ def run_job(job: Job, on_started: OnStarted, kill_grace: float = 5.0) -> tuple[s
             return FAILED, f"could not start {job.runnable.argv[0]!r}: {exc.strerror or exc}"
     else:
         return FAILED, f"unknown runnable {type(job.runnable).__name__}; expected ForkCall or Command"
+    _stop_detached(job, kill_grace)
     if stopped_by is not None:
         return FAILED, (
             f"timed out: still running {job.timeout:g} s after it started; forklift stopped its process "
@@ -167,6 +168,14 @@ def _sweep_group(pid: int, job: Job) -> None:
     _wait_exit_blocking(pid)
     if [p for p in kill_session(pid) if p != pid]:
         log.warning("forklift: %s left processes behind; killed them.", job.title or job.key)
+
+
+def _stop_detached(job: Job, kill_grace: float) -> None:
+    """What the task detached from its session (a daemon, a double fork) was re-parented to this
+    worker, a child subreaper: stop and reap it now that the task has ended."""
+    stopped = stop_children(kill_grace)
+    for pid, command in stopped:
+        log.warning("forklift: %s left pid %d running outside its session (%s); stopped it.", job.title or job.key, pid, command)
 
 
 def _wait_exit_blocking(pid: int) -> None:

@@ -152,6 +152,8 @@ class _Strategy:
             orphan_timeout=orphan_timeout,
         )
         self._adopted: dict[Hashable, _Adopted] = {}
+        #: A key's next dispatch, submitted while its earlier run was still live (see submit()).
+        self._held_behind: dict[Hashable, Job] = {}
         self.manager: SyncManager | None = None
         self.result_queue: Any = None
         #: What happened, for metrics: worker_deaths, recycles, timeouts, revokes, channel_restarts, adoptions.
@@ -184,8 +186,14 @@ class _Strategy:
             raise RuntimeError(
                 f"{type(self).__name__} is not accepting work (started={self._started}, ending={self._ending})."
             )
-        if job.key in self._dispatched or job.key in self._adopted or self._is_pending(job.key):
-            raise ValueError(f"job {job.key!r} is already queued or running in forklift; not running it twice.")
+        if self._is_pending(job.key) or job.key in self._held_behind:
+            raise ValueError(f"job {job.key!r} is already waiting to run in forklift; not queueing it twice.")
+        if job.key in self._dispatched or job.key in self._adopted:
+            # The same key again while its earlier run is live, or ended but not yet read: a task resumed
+            # after deferral (the trigger fired fast), a retry racing sync(). It runs once that run has
+            # ended, never beside it; the earlier run's reports keep their own dispatch number.
+            self._held_behind[job.key] = job
+            return
         self._submitted[job.key] = time.monotonic()
         self._accept(job)
 
@@ -209,6 +217,26 @@ class _Strategy:
         for result in results:
             if result.state != RUNNING:
                 self._submitted.pop(result.key, None)
+        self._release_held()
+        return results
+
+    def _release_held(self) -> None:
+        """Dispatch each held job whose key's earlier run has now ended (its result is read)."""
+        for key in [k for k in self._held_behind if k not in self._dispatched and k not in self._adopted]:
+            job = self._held_behind.pop(key)
+            if self._ending:
+                continue
+            self._submitted[key] = time.monotonic()
+            self._accept(job)
+
+    def waiting(self, key: Hashable) -> bool:
+        """Whether ``key`` still has a run here: pending, dispatched, adopted or held behind another."""
+        return key in self._dispatched or key in self._adopted or key in self._held_behind or self._is_pending(key)
+
+    def _withdraw_held(self) -> list[Result]:
+        reason = "withdrawn: forklift was shutting down before it started"
+        results = [Result(key, FAILED, reason, 0) for key in self._held_behind]
+        self._held_behind.clear()
         return results
 
     def take_dispatch_latencies(self) -> list[float]:
@@ -222,6 +250,10 @@ class _Strategy:
         Returns ``"withdrawn"``, ``"stopped"`` or ``"unknown"``. Nothing more is reported for it.
         """
         self._submitted.pop(key, None)
+        if self._held_behind.pop(key, None) is not None:
+            # The scheduler's current copy is the held one; the earlier run is already over for it.
+            self.counters["revokes"] += 1
+            return "withdrawn"
         if self._withdraw(key):
             self.counters["revokes"] += 1
             return "withdrawn"
@@ -252,7 +284,7 @@ class _Strategy:
         ``escalate`` is asked while waiting; once it says True the waiting stops (a second signal).
         """
         self._ending = True
-        results = self._withdraw_pending()
+        results = self._withdraw_pending() + self._withdraw_held()
         try:
             self._ask_workers_to_stop()
         except _CHANNEL_ERRORS as exc:
@@ -291,7 +323,7 @@ class _Strategy:
         """Stop everything now: TERM, then after ``kill_grace`` KILL, of each task's process group
         and each worker; then shut the manager down. Returns FAILED results for unfinished jobs."""
         self._ending = True
-        results = self._withdraw_pending()
+        results = self._withdraw_pending() + self._withdraw_held()
         groups = [d.task_pid for d in self._dispatched.values() if d.task_pid] + list(self._kill_at)
         workers = list(self._workers())
         # Workers are our children: multiprocessing reaps them. Only their descendants are

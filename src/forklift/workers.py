@@ -27,7 +27,7 @@ from typing import Any
 
 from forklift.handover import ProcessId, RecordsDir, TaskRecord, boot_id
 from forklift.jobs import FAILED, RECYCLED, RUNNING, Job, Result
-from forklift.lifeline import die_with_parent, kill_session, stop_session
+from forklift.lifeline import become_subreaper, die_with_parent, kill_session, stop_children, stop_session
 from forklift.proctitle import set_title
 from forklift.runners import run_job
 
@@ -85,6 +85,8 @@ class _Worker(_FORK.Process):  # type: ignore[name-defined,misc]
         signal.signal(signal.SIGTERM, self._on_sigterm)
         self._parent = ProcessId.of(os.getppid())
         self._me = ProcessId.me()
+        # Whatever a task detaches from its session comes back here, to be stopped when the task ends.
+        become_subreaper()
         if self.options.records is None:
             # No handover: when the scheduler dies, however it dies, the task goes with it.
             die_with_parent(signal.SIGTERM)
@@ -114,6 +116,7 @@ class _Worker(_FORK.Process):  # type: ignore[name-defined,misc]
             return
         if self._task_pgid:  # the task leads its own session: leave nothing of it behind
             kill_session(self._task_pgid)
+            stop_children(0)  # and what it detached from its session (re-parented to this subreaper)
         os._exit(128 + signum)
 
     def _on_parent_gone(self, signum: int, frame: object) -> None:

@@ -197,3 +197,47 @@ def test_prefetched_work_starts_without_waiting_for_the_scheduler(
     finally:
         for gate in tmp_path.iterdir():
             gate.unlink()
+
+
+def test_a_key_queued_again_while_its_run_is_live_is_held_not_refused(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """As when a deferred task resumes before its first run's result is read: the second dispatch waits
+    for the first to end, the key keeps its slot in between (Airflow reads that as "re-queued", and does
+    not fail the task), and each run gets its own event."""
+    monkeypatch.setattr(compat, "workload_to_job", _gated_job)
+    ex = forklift.LocalExecutor(parallelism=2)
+    ex.start()
+    try:
+        first = make_workload("resumed")
+        gate = tmp_path / "resumed"
+        gate.touch()
+        GATES["resumed"] = str(gate)
+        ex.queue_workload(first, session=None)
+        ex.heartbeat()
+        assert _wait_for(tmp_path / "resumed.started")
+        again = first.model_copy()  # same TaskInstanceKey
+        second_gate = tmp_path / "resumed-again"
+        second_gate.touch()
+        GATES["resumed"] = str(second_gate)  # the job is built when the second copy is dispatched
+        ex.queue_workload(again, session=None)
+        ex.heartbeat()
+        assert first.key in ex.running and not ex.get_event_buffer(), "no refusal, no FAILED event"
+        gate.unlink()  # the first run ends; the held one starts and waits on its own gate
+        events: list = []
+        deadline = time.monotonic() + 30
+        while not events and time.monotonic() < deadline:
+            ex.sync()
+            events = list(ex.get_event_buffer().values())
+            time.sleep(0.02)
+        assert [state for state, _ in events] == [TaskInstanceState.SUCCESS]
+        assert first.key in ex.running, "the held run holds the key's slot once the first is reported"
+        assert _wait_for(tmp_path / "resumed-again.started"), "the held run started after the first ended"
+        second_gate.unlink()
+        deadline = time.monotonic() + 30
+        while first.key in ex.running and time.monotonic() < deadline:
+            ex.sync()
+            time.sleep(0.02)
+        assert first.key not in ex.running and ex.get_event_buffer()[first.key][0] == TaskInstanceState.SUCCESS
+    finally:
+        for path in (gate, tmp_path / "resumed-again"):
+            path.unlink(missing_ok=True)
+        ex.end()

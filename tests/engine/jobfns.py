@@ -93,3 +93,17 @@ def timed(path: str, name: str, seconds: float) -> int:
     start = time.time()
     time.sleep(seconds)
     return append(path, f"{name} {os.getpid()} {start} {time.time()}")
+
+
+def detach_a_sleeper(pidfile: str) -> int:
+    """Leave a `sleep 600` behind in a session of its own (double fork + setsid), as a daemon does, and exit."""
+    first = os.fork()
+    if first == 0:
+        os.setsid()
+        second = subprocess.Popen(["sleep", "600"], start_new_session=True, close_fds=True)
+        tmp = pidfile + ".tmp"
+        Path(tmp).write_text(str(second.pid))
+        os.replace(tmp, pidfile)
+        os._exit(0)  # the sleep's parent is gone: it is an orphan now
+    os.waitpid(first, 0)
+    return 0

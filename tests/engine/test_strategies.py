@@ -106,12 +106,16 @@ class TestOutcomes:
         assert got["f"].state == got["s"].state == SUCCESS
         assert fork_out.read_text() == sub_out.read_text() == "my_dag"
 
-    def test_same_key_twice_is_refused(self, strategy: _Strategy, fifo: Path, tmp_path: Path) -> None:
+    def test_same_key_again_waits_for_the_live_run_and_a_third_is_refused(
+        self, strategy: _Strategy, fifo: Path, tmp_path: Path
+    ) -> None:
         strategy.submit(fork_job("k", jobfns.wait_for_gate, str(fifo), str(tmp_path / "o"), "x"))
-        with pytest.raises(ValueError, match="already queued or running"):
+        strategy.submit(fork_job("k", jobfns.exit_with, 3))  # held until the first has ended
+        with pytest.raises(ValueError, match="already waiting to run"):
             strategy.submit(fork_job("k", jobfns.ok))
         fifo.write_text("go")
-        assert wait_for_results(strategy, {"k"})["k"].state == SUCCESS
+        assert wait_for_results(strategy, {"k"})["k"].state == SUCCESS  # the first, never the held one
+        assert wait_for_results(strategy, {"k"})["k"].info == "exited with code 3"
 
 
 class TestLimited:
