@@ -124,6 +124,7 @@ def workload_to_job(
     server: str,
     timeout: float | None = None,
     wake_supervisor: bool = True,
+    memory_limit: int = 0,
 ) -> Job:
     """An Airflow 3 workload (task, callback or connection test) as an engine job."""
     from airflow.executors.workloads import ExecuteTask
@@ -153,8 +154,21 @@ def workload_to_job(
         env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = server
         env["FORKLIFT_WAKE_SUPERVISOR"] = "1" if wake_supervisor else "0"
     return Job(
-        key=workload.key, runnable=runnable, title=title, priority=priority, env=env, timeout=timeout
+        key=workload.key,
+        runnable=runnable,
+        title=title,
+        priority=priority,
+        env=env,
+        timeout=timeout,
+        memory_limit_mib=memory_limit,
     )
+
+
+def executor_config_of(workload: Any) -> Any:
+    """A task workload's ``executor_config`` (Airflow 3 keeps it on the TaskInstance it carries, out of
+    the JSON the task process gets); None for callbacks and connection tests."""
+    ti = getattr(workload, "ti", None)
+    return getattr(ti, "executor_config", None)
 
 
 #: Imported once in the scheduler before workers fork, so no task pays for them: the Task SDK's
@@ -307,7 +321,7 @@ class CommandRejected(ValueError):
 
 
 def command_to_job(
-    key: Any, command: Any, *, mode: RunMode, timeout: float | None = None
+    key: Any, command: Any, *, mode: RunMode, timeout: float | None = None, memory_limit: int = 0
 ) -> Job:
     """An Airflow 2 ``airflow tasks run …`` command as an engine job; anything else is refused unrun."""
     if (
@@ -331,7 +345,7 @@ def command_to_job(
         runnable = ForkCall(run_command_in_child, (command, title))
     else:
         runnable = Command(command)
-    return Job(key=key, runnable=runnable, title=title.strip(), env=env, timeout=timeout)
+    return Job(key=key, runnable=runnable, title=title.strip(), env=env, timeout=timeout, memory_limit_mib=memory_limit)
 
 
 def _dag_and_task(command: list[str]) -> tuple[str | None, str | None]:

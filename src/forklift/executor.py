@@ -18,7 +18,7 @@ from forklift import airflow_compat as compat
 from forklift.doctor import WARN, check_scheduler_cap
 from forklift.handover import RecordsDir
 from forklift.jobs import FAILED, RUNNING, SUCCESS, Result
-from forklift.settings import ConfigError, OnShutdown, RunMode, Settings, load_settings
+from forklift.settings import ConfigError, OnShutdown, RunMode, Settings, load_settings, task_memory_limit
 from forklift.shutdown import ExitSignalGuard, SecondSignal
 from forklift.strategies import _Strategy, make_strategy
 
@@ -89,6 +89,7 @@ class LocalExecutor(BaseExecutor):
             prefetch=self.settings.prefetch,
             records=records,
             orphan_timeout=self.settings.orphan_timeout,
+            oom_score_adj=self.settings.task_oom_score_adj,
         )
         self.impl.start()
         # After the workers fork (they set their own handlers): the scheduler's exit handler is
@@ -149,6 +150,7 @@ class LocalExecutor(BaseExecutor):
             self.running.add(key)
             try:
                 deadline = compat.hard_deadline(self._timeouts.for_workload(workload), self.settings.timeout_grace)
+                memory_limit = task_memory_limit(compat.executor_config_of(workload), self.settings.task_memory_limit)
                 impl.submit(
                     compat.workload_to_job(
                         workload,
@@ -156,6 +158,7 @@ class LocalExecutor(BaseExecutor):
                         server=self._server,
                         timeout=deadline,
                         wake_supervisor=self.settings.wake_supervisor,
+                        memory_limit=memory_limit,
                     )
                 )
             except Exception as exc:
@@ -166,12 +169,20 @@ class LocalExecutor(BaseExecutor):
         impl = self._require_started()
         try:
             deadline = compat.hard_deadline(self._timeouts.for_command(key), self.settings.timeout_grace)
-            impl.submit(compat.command_to_job(key, command, mode=self.settings.run_mode, timeout=deadline))
+            memory_limit = task_memory_limit(executor_config, self.settings.task_memory_limit)
+            impl.submit(
+                compat.command_to_job(
+                    key, command, mode=self.settings.run_mode, timeout=deadline, memory_limit=memory_limit
+                )
+            )
         except Exception as exc:
             self._refuse(key, exc)
 
     def _refuse(self, key: Any, exc: Exception) -> None:
-        reason = str(exc) if isinstance(exc, compat.CommandRejected) else f"forklift could not dispatch it: {type(exc).__name__}: {exc}"
+        if isinstance(exc, (compat.CommandRejected, ConfigError)):
+            reason = str(exc)
+        else:
+            reason = f"forklift could not dispatch it: {type(exc).__name__}: {exc}"
         self.log.error("forklift: %s not run: %s", key, reason)
         self._refused.append(Result(key, FAILED, reason))
 

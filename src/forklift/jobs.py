@@ -61,6 +61,9 @@ class Job:
     #: Hard limit in seconds from the task's start; past it the worker stops the task's process
     #: group (SIGTERM, then SIGKILL after the worker's ``kill_grace``) and reports FAILED "timed out".
     timeout: float | None = None
+    #: Memory limit in MiB for the task's whole process tree (PSS; see forklift.containment); over it,
+    #: the worker stops the task the same way and reports FAILED "exceeded its memory limit". 0: none.
+    memory_limit_mib: int = 0
 
 
 class Result(NamedTuple):

@@ -89,6 +89,28 @@ CONFIG_OPTIONS: dict[str, dict[str, Any]] = {
         "example": "/var/lib/airflow/forklift-tasks",
         "default": None,
     },
+    "task_memory_limit": {
+        "description": (
+            "Memory limit in MiB for each task's whole process tree (its PSS: pages shared with other "
+            "processes are split between them), sampled every 0.1 s; over it, forklift stops the task "
+            "(SIGTERM, SIGKILL after kill_grace) and fails it with 'exceeded its memory limit'. 0: no limit. "
+            "A task may set its own: executor_config={'forklift': {'memory_limit_mb': 2048}}."
+        ),
+        "type": "integer",
+        "example": "4096",
+        "default": "0",
+    },
+    "task_oom_score_adj": {
+        "description": (
+            "oom_score_adj each task process raises itself to, so that when the machine runs out of memory "
+            "the kernel's OOM killer takes a task before the scheduler or forklift's workers. 500: a task "
+            "goes before a scheduler using up to half the machine's memory, and among tasks the biggest "
+            "still goes first. 0: leave it alone."
+        ),
+        "type": "integer",
+        "example": "1000",
+        "default": "500",
+    },
     "kill_grace": {
         "description": "Seconds between SIGTERM and SIGKILL when forklift stops a task's process group.",
         "type": "float",

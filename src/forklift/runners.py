@@ -16,7 +16,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
+from forklift.containment import SAMPLE_SECONDS, MemorySampler, OomWitness, raise_oom_score
 from forklift.jobs import FAILED, SUCCESS, Command, ForkCall, Job, describe_exit
 from forklift.lifeline import kill_session, stop_children
 from forklift.proctitle import set_title
@@ -30,32 +32,45 @@ OnStarted = Callable[[int], None]
 _RESET_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2, signal.SIGCHLD)
 
 
-def run_job(job: Job, on_started: OnStarted, kill_grace: float = 5.0) -> tuple[str, str]:
-    """Run ``job`` to completion, or until its ``timeout`` (then TERM, and KILL after ``kill_grace``);
-    return ``(state, reason)``."""
+def run_job(job: Job, on_started: OnStarted, kill_grace: float = 5.0, oom_score_adj: int = 0) -> tuple[str, str]:
+    """Run ``job`` to completion, or until its ``timeout`` or ``memory_limit_mib`` (then TERM, and KILL
+    after ``kill_grace``); return ``(state, reason)``. The task process raises its ``oom_score_adj`` to
+    the value given, so the kernel's OOM killer takes it before its worker or the scheduler."""
     if isinstance(job.runnable, ForkCall):
-        status, stopped_by = _run_forked(job, job.runnable, on_started, kill_grace)
+        outcome = _run_forked(job, job.runnable, on_started, kill_grace, oom_score_adj)
     elif isinstance(job.runnable, Command):
         try:
-            status, stopped_by = _run_subprocess(job, job.runnable, on_started, kill_grace)
+            outcome = _run_subprocess(job, job.runnable, on_started, kill_grace, oom_score_adj)
         except OSError as exc:  # e.g. the executable is missing: a FAILED task, never a dead worker
             return FAILED, f"could not start {job.runnable.argv[0]!r}: {exc.strerror or exc}"
     else:
         return FAILED, f"unknown runnable {type(job.runnable).__name__}; expected ForkCall or Command"
     _stop_detached(job, kill_grace)
-    if stopped_by is not None:
-        return FAILED, (
-            f"timed out: still running {job.timeout:g} s after it started; forklift stopped its process "
-            f"group with {stopped_by.name} ({describe_exit(status)})"
-        )
+    status = outcome.status
+    if outcome.stopped_by is not None:
+        how = f"forklift stopped its process group with {outcome.stopped_by.name} ({describe_exit(status)})"
+        if outcome.memory_mib is not None:
+            return FAILED, f"exceeded its memory limit: {outcome.memory_mib:.0f} MiB > {job.memory_limit_mib} MiB; {how}"
+        return FAILED, f"timed out: still running {job.timeout:g} s after it started; {how}"
     if status == 0:
         return SUCCESS, describe_exit(status)
+    if status == -signal.SIGKILL and outcome.oom_killed:
+        return FAILED, (
+            "killed by SIGKILL: the kernel's OOM killer chose it (its memory cgroup counted an OOM kill; "
+            f"forklift makes tasks the OOM killer's first choice, oom_score_adj {oom_score_adj})"
+        )
     return FAILED, describe_exit(status)
 
 
-def _run_forked(
-    job: Job, call: ForkCall, on_started: OnStarted, kill_grace: float
-) -> tuple[int, signal.Signals | None]:
+@dataclass(frozen=True)
+class _Outcome:
+    status: int  # Popen-style: negative is the signal that ended it
+    stopped_by: signal.Signals | None = None  # forklift's own stop, if it came to that
+    memory_mib: float | None = None  # what the task used when forklift stopped it for its memory
+    oom_killed: bool = False  # its memory cgroup counted an OOM kill while it ran
+
+
+def _run_forked(job: Job, call: ForkCall, on_started: OnStarted, kill_grace: float, oom_score_adj: int) -> _Outcome:
     # The child says when its session exists: only then is it reported RUNNING, so a stop that
     # follows the report always finds the session to signal.
     ready_r, ready_w = os.pipe()
@@ -65,6 +80,7 @@ def _run_forked(
         code = 1
         try:
             _become_task_process(job)
+            raise_oom_score(oom_score_adj)
             os.write(ready_w, b"1")
             os.close(ready_w)
             code = int(call.func(*call.args) or 0)
@@ -86,10 +102,11 @@ def _run_forked(
     os.read(ready_r, 1)  # b"" if it died first: its exit status will say why
     os.close(ready_r)
     on_started(pid)
-    stopped_by = _enforce_deadline(pid, job, kill_grace)
+    witness = OomWitness(pid)
+    stopped_by, memory_mib = _supervise(pid, job, kill_grace)
     _sweep_group(pid, job)
     _, wait_status = _waitpid_retrying(pid)
-    return os.waitstatus_to_exitcode(wait_status), stopped_by
+    return _Outcome(os.waitstatus_to_exitcode(wait_status), stopped_by, memory_mib, witness.saw_oom_kill())
 
 
 def _become_task_process(job: Job) -> None:
@@ -113,9 +130,7 @@ def _reset_signals() -> None:
         signal.signal(sig, signal.SIG_DFL)
 
 
-def _run_subprocess(
-    job: Job, command: Command, on_started: OnStarted, kill_grace: float
-) -> tuple[int, signal.Signals | None]:
+def _run_subprocess(job: Job, command: Command, on_started: OnStarted, kill_grace: float, oom_score_adj: int) -> _Outcome:
     env = {**os.environ, **job.env}
     proc = subprocess.Popen(
         list(command.argv),
@@ -125,9 +140,10 @@ def _run_subprocess(
         env=env,
         # An ignored signal stays ignored across exec: undo what the worker set for itself.
         # (Safe here: a worker has no threads.)
-        preexec_fn=_reset_signals,
+        preexec_fn=lambda: (_reset_signals(), raise_oom_score(oom_score_adj)),
     )
     on_started(proc.pid)
+    witness = OomWitness(proc.pid)
     if command.secret_input is not None and proc.stdin is not None:
         try:
             proc.stdin.write(command.secret_input)
@@ -138,20 +154,37 @@ def _run_subprocess(
                 proc.stdin.close()
             except BrokenPipeError:
                 pass
-    stopped_by = _enforce_deadline(proc.pid, job, kill_grace)
+    stopped_by, memory_mib = _supervise(proc.pid, job, kill_grace)
     _sweep_group(proc.pid, job)
-    return proc.wait(), stopped_by
+    return _Outcome(proc.wait(), stopped_by, memory_mib, witness.saw_oom_kill())
 
 
-def _enforce_deadline(pid: int, job: Job, kill_grace: float) -> signal.Signals | None:
-    """Wait until the child ``pid`` exits or ``job.timeout`` passes; past it, TERM then KILL its group.
+def _supervise(pid: int, job: Job, kill_grace: float) -> tuple[signal.Signals | None, float | None]:
+    """Wait until the child ``pid`` exits, its ``job.timeout`` passes or its tree's memory goes over
+    ``job.memory_limit_mib`` (sampled every ``SAMPLE_SECONDS``); past a limit, TERM then KILL its group.
 
-    Returns the signal that stopped it, or None if it ended by itself. The child is not reaped here.
+    Returns the signal that stopped it (None if it ended by itself) and, for a memory stop, the MiB it
+    used. The child is not reaped here.
     """
-    if job.timeout is None:
-        return None
-    if _wait_exit(pid, job.timeout):
-        return None
+    limit = job.memory_limit_mib
+    if job.timeout is None and not limit:
+        return None, None
+    deadline = None if job.timeout is None else time.monotonic() + job.timeout
+    sampler = MemorySampler(pid) if limit else None
+    while True:
+        wait = SAMPLE_SECONDS if sampler is not None else float("inf")
+        if deadline is not None:
+            wait = min(wait, max(0.0, deadline - time.monotonic()))
+        if _wait_exit(pid, wait):
+            return None, None
+        used = sampler.mib(limit) if sampler is not None else None
+        if used is not None and used > limit:
+            return _stop(pid, kill_grace), used
+        if deadline is not None and time.monotonic() >= deadline:
+            return _stop(pid, kill_grace), None
+
+
+def _stop(pid: int, kill_grace: float) -> signal.Signals:
     _killpg(pid, signal.SIGTERM)
     if _wait_exit(pid, kill_grace):
         return signal.SIGTERM

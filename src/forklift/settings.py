@@ -73,6 +73,10 @@ class Settings:
     orphan_timeout: float = 630.0
     #: Where running tasks leave their records for the next scheduler (None: the executor's default).
     records_dir: str | None = None
+    #: Memory limit in MiB for each task's process tree (0: none); a task's executor_config may override it.
+    task_memory_limit: int = 0
+    #: oom_score_adj each task process raises itself to (0: leave it alone).
+    task_oom_score_adj: int = 500
 
     @property
     def unlimited(self) -> bool:
@@ -162,6 +166,8 @@ def parse_run_mode(raw_mode: str | None, raw_new_interpreter: str | None) -> Run
 MAX_PARALLELISM = 10_000
 #: A day: anything longer is a mistake, and waiting forever is what forklift exists to avoid.
 MAX_SECONDS = 86_400.0
+#: 1 TiB in MiB: the largest memory limit that is not a typo.
+MAX_MEMORY_MIB = 1_048_576
 
 
 def load_settings(lookup: Lookup, *, parallelism: int | None = None) -> Settings:
@@ -234,6 +240,14 @@ def load_settings(lookup: Lookup, *, parallelism: int | None = None) -> Settings
     else:
         orphan_timeout = parse_seconds(raw_orphan, section=SECTION, key="orphan_timeout", maximum=MAX_SECONDS)
     records_dir = (lookup(SECTION, "records_dir") or "").strip() or None
+    raw_limit = lookup(SECTION, "task_memory_limit")
+    memory_limit = 0 if raw_limit is None else parse_int(
+        raw_limit, section=SECTION, key="task_memory_limit", minimum=0, maximum=MAX_MEMORY_MIB
+    )
+    raw_adj = lookup(SECTION, "task_oom_score_adj")
+    oom_adj = Settings.task_oom_score_adj if raw_adj is None else parse_int(
+        raw_adj, section=SECTION, key="task_oom_score_adj", minimum=0, maximum=1000
+    )
 
     raw_wake = lookup(SECTION, "wake_supervisor")
     wake = True if raw_wake is None else parse_bool(raw_wake, section=SECTION, key="wake_supervisor")
@@ -253,6 +267,8 @@ def load_settings(lookup: Lookup, *, parallelism: int | None = None) -> Settings
         on_shutdown=on_shutdown,
         orphan_timeout=orphan_timeout,
         records_dir=records_dir,
+        task_memory_limit=memory_limit,
+        task_oom_score_adj=oom_adj,
     )
 
 
@@ -269,3 +285,24 @@ def default_orphan_timeout(lookup: Lookup) -> float:
     threshold = airflow_seconds("scheduler_health_check_threshold", 30.0)
     interval = airflow_seconds("orphaned_tasks_check_interval", 300.0)
     return max(MIN_DEFAULT_ORPHAN_TIMEOUT, threshold + 2 * interval)
+
+
+def task_memory_limit(executor_config: object, default: int) -> int:
+    """A task's memory limit in MiB: ``executor_config={"forklift": {"memory_limit_mb": N}}`` (0: none)
+    overrides ``[forklift] task_memory_limit``. A malformed value fails that task, never the scheduler."""
+    if not isinstance(executor_config, dict) or "forklift" not in executor_config:
+        return default
+    ours = executor_config["forklift"]
+    if not isinstance(ours, dict):
+        raise ConfigError(
+            f"executor_config['forklift'] = {ours!r} is not a dict; use {{'forklift': {{'memory_limit_mb': 2048}}}}."
+        )
+    if "memory_limit_mb" not in ours:
+        return default
+    value = ours["memory_limit_mb"]
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_MEMORY_MIB:
+        raise ConfigError(
+            f"executor_config['forklift']['memory_limit_mb'] = {value!r} is invalid; use a whole number of MiB "
+            f"from 0 (no limit) to {MAX_MEMORY_MIB}."
+        )
+    return value

@@ -138,6 +138,7 @@ class _Strategy:
         max_memory_per_child: int = 0,
         records: RecordsDir | None = None,
         orphan_timeout: float = 600.0,
+        oom_score_adj: int = 0,
     ) -> None:
         self.kill_grace = kill_grace
         self.records = records
@@ -150,13 +151,14 @@ class _Strategy:
             max_rss_mib=max_memory_per_child,
             records=records,
             orphan_timeout=orphan_timeout,
+            oom_score_adj=oom_score_adj,
         )
         self._adopted: dict[Hashable, _Adopted] = {}
         #: A key's next dispatch, submitted while its earlier run was still live (see submit()).
         self._held_behind: dict[Hashable, Job] = {}
         self.manager: SyncManager | None = None
         self.result_queue: Any = None
-        #: What happened, for metrics: worker_deaths, recycles, timeouts, revokes, channel_restarts, adoptions.
+        #: What happened, for metrics: worker_deaths, recycles, timeouts, revokes, channel_restarts, adoptions, memory_limits.
         self.counters: collections.Counter[str] = collections.Counter()
         # submit() → RUNNING, per job, for the dispatch-latency metric (taken by take_dispatch_latencies).
         self._submitted: dict[Hashable, float] = {}
@@ -605,6 +607,8 @@ class _Strategy:
         else:
             if isinstance(result.info, str) and result.info.startswith("timed out"):
                 self.counters["timeouts"] += 1
+            if isinstance(result.info, str) and result.info.startswith("exceeded its memory limit"):
+                self.counters["memory_limits"] += 1
             del self._dispatched[result.key]
             self._forget_record(result.key)
         return True

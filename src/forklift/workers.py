@@ -56,6 +56,9 @@ class WorkerOptions:
     records: RecordsDir | None = None
     #: With ``records``: how long a task whose scheduler is gone may run on unadopted (0: stop it at once).
     orphan_timeout: float = 600.0
+    #: Each task process raises its oom_score_adj to this (0: leave it), so the OOM killer takes a task
+    #: before the scheduler or forklift's own processes.
+    oom_score_adj: int = 0
 
 
 class ResultChannelClosed(Exception):
@@ -197,7 +200,9 @@ class _Worker(_FORK.Process):  # type: ignore[name-defined,misc]
         me = os.getpid()
         self._job = job
         try:
-            state, reason = run_job(job, lambda pid: self._started(job, seq, pid), self.options.kill_grace)
+            state, reason = run_job(
+                job, lambda pid: self._started(job, seq, pid), self.options.kill_grace, self.options.oom_score_adj
+            )
         except ResultChannelClosed:
             raise
         except Exception as exc:  # the worker must survive anything one job does

@@ -107,3 +107,19 @@ def detach_a_sleeper(pidfile: str) -> int:
         os._exit(0)  # the sleep's parent is gone: it is an orphan now
     os.waitpid(first, 0)
     return 0
+
+
+def grow(mib: int, path: str) -> int:
+    """Allocate ``mib`` MiB in 10 MiB steps, touching every page, then hold it; note each step in ``path``."""
+    held = []
+    for step in range(mib // 10):
+        held.append(bytearray(10 * 2**20))  # zero-filled: every page is touched
+        Path(path).write_text(str((step + 1) * 10))
+        time.sleep(0.02)
+    time.sleep(600)
+    return 0
+
+
+def write_oom_score_adj(path: str) -> int:
+    Path(path).write_text(Path("/proc/self/oom_score_adj").read_text().strip())
+    return 0

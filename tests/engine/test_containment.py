@@ -137,3 +137,61 @@ def test_a_held_copy_is_withdrawn_by_revoke_and_at_shutdown(tmp_path: Path) -> N
     assert "withdrawn" in next(r.info for r in results if r.key == "j" and r.state == FAILED)
     names = [name for name, _, _ in spans(out)]
     assert "second" not in names and "j-second" not in names, names
+
+
+# -- memory ------------------------------------------------------------------------------------------
+
+GROW = (
+    "import sys, time\n"
+    "held = []\n"
+    "for step in range(int(sys.argv[1]) // 10):\n"
+    "    held.append(bytearray(10 * 2**20)); open(sys.argv[2], 'w').write(str((step + 1) * 10)); time.sleep(0.02)\n"
+    "time.sleep(600)\n"
+)
+
+
+@pytest.mark.parametrize("parallelism", [0, 2], ids=["unlimited", "limited"])
+@pytest.mark.parametrize("mode", ["fork", "subprocess"])
+def test_a_task_over_its_memory_limit_fails_while_its_neighbour_succeeds(
+    tmp_path: Path, parallelism: int, mode: str
+) -> None:
+    grown = tmp_path / "grown"
+    if mode == "fork":
+        hog = ForkCall(jobfns.grow, (600, str(grown)))
+    else:
+        hog = Command([sys.executable, "-c", GROW, "600", str(grown)])
+    engine = make_strategy(parallelism, kill_grace=1.0)
+    engine.start()
+    try:
+        engine.submit(Job("hog", hog, title="hog", memory_limit_mib=250))
+        engine.submit(Job("neighbour", ForkCall(jobfns.span, (str(tmp_path / "n"), "n", 1.0)), title="n", memory_limit_mib=250))
+        results = wait_for_results(engine, {"hog", "neighbour"}, timeout=60)
+        hog_result = results["hog"]
+        assert hog_result.state == FAILED and hog_result.info.startswith("exceeded its memory limit: "), hog_result
+        used = int(hog_result.info.split(": ")[1].split(" MiB")[0])
+        assert 250 < used < 450, hog_result.info  # caught within a few samples of crossing the line
+        assert "> 250 MiB" in hog_result.info
+        assert int(grown.read_text()) < 600, "it was stopped before it took all it asked for"
+        assert results["neighbour"].state == SUCCESS
+        assert engine.counters["memory_limits"] == 1
+    finally:
+        engine.terminate()
+
+
+@pytest.mark.parametrize("mode", ["fork", "subprocess"])
+def test_tasks_are_the_oom_killers_first_choice(tmp_path: Path, mode: str) -> None:
+    out = tmp_path / "adj"
+    if mode == "fork":
+        runnable = ForkCall(jobfns.write_oom_score_adj, (str(out),))
+    else:
+        runnable = Command([sys.executable, "-c", f"open({str(out)!r}, 'w').write(open('/proc/self/oom_score_adj').read().strip())"])
+    engine = make_strategy(1, kill_grace=1.0, oom_score_adj=500)
+    engine.start()
+    try:
+        engine.submit(Job("adj", runnable, title="adj"))
+        assert wait_for_results(engine, {"adj"})["adj"].state == SUCCESS
+        assert out.read_text() == "500"
+        worker = engine.worker_pids()[0]
+        assert Path(f"/proc/{worker}/oom_score_adj").read_text().strip() == Path("/proc/self/oom_score_adj").read_text().strip()
+    finally:
+        engine.terminate()

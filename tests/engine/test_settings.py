@@ -168,3 +168,34 @@ def test_bad_handover_settings_are_refused(key: str, raw: str, fragment: str) ->
     with pytest.raises(ConfigError) as info:
         load_settings(lookup_from({("forklift", key): raw}), parallelism=2)
     assert fragment in str(info.value)
+
+
+def test_memory_settings_and_the_per_task_override() -> None:
+    from forklift.settings import task_memory_limit
+
+    s = load_settings(lookup_from({}), parallelism=2)
+    assert (s.task_memory_limit, s.task_oom_score_adj) == (0, 500)
+    s = load_settings(lookup_from({("forklift", "task_memory_limit"): "2048", ("forklift", "task_oom_score_adj"): "0"}), parallelism=2)
+    assert (s.task_memory_limit, s.task_oom_score_adj) == (2048, 0)
+    assert task_memory_limit(None, 512) == 512
+    assert task_memory_limit({"pod_override": object()}, 512) == 512  # another executor's settings
+    assert task_memory_limit({"forklift": {"memory_limit_mb": 4096}}, 512) == 4096
+    assert task_memory_limit({"forklift": {"memory_limit_mb": 0}}, 512) == 0  # this task: no limit
+    for bad in ({"forklift": {"memory_limit_mb": "2G"}}, {"forklift": {"memory_limit_mb": -1}}, {"forklift": 7}):
+        with pytest.raises(ConfigError, match=r"executor_config\['forklift'\]"):
+            task_memory_limit(bad, 512)
+
+
+@pytest.mark.parametrize(
+    ("key", "raw", "fragment"),
+    [
+        ("task_memory_limit", "-1", "[forklift] task_memory_limit (env AIRFLOW__FORKLIFT__TASK_MEMORY_LIMIT) = -1 is out of range"),
+        ("task_memory_limit", "2G", "'2G' is not a whole number"),
+        ("task_oom_score_adj", "-500", "[forklift] task_oom_score_adj (env AIRFLOW__FORKLIFT__TASK_OOM_SCORE_ADJ) = -500 is out of range"),
+        ("task_oom_score_adj", "1001", "1001 is out of range"),
+    ],
+)
+def test_bad_memory_settings_are_refused(key: str, raw: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(lookup_from({("forklift", key): raw}), parallelism=2)
+    assert fragment in str(info.value)
