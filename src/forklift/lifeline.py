@@ -47,13 +47,13 @@ def become_subreaper() -> bool:
     return _prctl(_PR_SET_CHILD_SUBREAPER, 1)
 
 
-def stop_children(kill_grace: float) -> list[tuple[int, str]]:
-    """Stop every child of this process (SIGTERM, then SIGKILL after ``kill_grace``) and reap them all,
-    zombies included. Called by a worker between tasks, when its only children are what a finished task
-    left behind. Returns ``(pid, command)`` of each live one stopped."""
+def stop_children(kill_grace: float, spare: int | None = None) -> list[tuple[int, str]]:
+    """Stop every child of this process but ``spare`` (SIGTERM, then SIGKILL after ``kill_grace``) and
+    reap them all, zombies included. A worker's children are its task's leader (spared while it lives)
+    and what the task left behind. Returns ``(pid, command)`` of each live one stopped."""
     import psutil
 
-    children = psutil.Process().children()
+    children = [c for c in psutil.Process().children() if c.pid != spare]
     stopped = []
     for child in children:
         try:
@@ -97,7 +97,7 @@ def kill_session(sid: int, spare: int | None = None) -> list[int]:
     return killed
 
 
-def stop_session(sid: int, kill_grace: float, still_running: Callable[[], bool]) -> None:
+def stop_session(sid: int, kill_grace: float, still_running: Callable[[], bool]) -> signal.Signals:
     """Stop a task's session so that its supervisor can still record how it ended.
 
     SIGTERM to the leader's group first (the task's own handlers run; Airflow 3's supervisor forwards
@@ -105,7 +105,7 @@ def stop_session(sid: int, kill_grace: float, still_running: Callable[[], bool])
     leader. Airflow 3's task runner only calls ``on_kill()`` on SIGTERM and runs on, and the supervisor
     is what reports a task's end to the API server, so killing it with its task would leave the task
     instance "running" with nobody left to say otherwise. The leader then gets ``kill_grace`` to report
-    and exit before it is killed too.
+    and exit before it is killed too. Returns the last signal it took.
     """
 
     def wait(seconds: float) -> bool:
@@ -118,7 +118,9 @@ def stop_session(sid: int, kill_grace: float, still_running: Callable[[], bool])
         os.killpg(sid, signal.SIGTERM)
     except (ProcessLookupError, PermissionError):
         pass
+    if not wait(kill_grace):
+        return signal.SIGTERM
+    kill_session(sid, spare=sid)
     if wait(kill_grace):
-        kill_session(sid, spare=sid)
-        if wait(kill_grace):
-            kill_session(sid)
+        kill_session(sid)
+    return signal.SIGKILL

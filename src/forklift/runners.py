@@ -20,8 +20,9 @@ from dataclasses import dataclass
 
 from forklift.containment import SAMPLE_SECONDS, MemorySampler, OomWitness, raise_oom_score
 from forklift.jobs import FAILED, SUCCESS, Command, ForkCall, Job, describe_exit
-from forklift.lifeline import kill_session, stop_children
+from forklift.lifeline import kill_session, stop_children, stop_session
 from forklift.proctitle import set_title
+from forklift.supervisor_wake import WORKER_PID_ENV
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 OnStarted = Callable[[int], None]
 
 # Signals a worker changes for itself; a task must start with Python's defaults.
-_RESET_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2, signal.SIGCHLD)
+_RESET_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD, signal.SIGHUP)
 
 
 def run_job(job: Job, on_started: OnStarted, kill_grace: float = 5.0, oom_score_adj: int = 0) -> tuple[str, str]:
@@ -119,6 +120,7 @@ def _become_task_process(job: Job) -> None:
     # in it, even in other groups, so it can all be stopped together.
     os.setsid()
     _reset_signals()
+    os.environ[WORKER_PID_ENV] = str(os.getppid())  # the worker: see supervisor_wake
     # As a fresh interpreter would have it: Ctrl-C is a KeyboardInterrupt the task can handle.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     os.environ.update(job.env)
@@ -131,7 +133,7 @@ def _reset_signals() -> None:
 
 
 def _run_subprocess(job: Job, command: Command, on_started: OnStarted, kill_grace: float, oom_score_adj: int) -> _Outcome:
-    env = {**os.environ, **job.env}
+    env = {**os.environ, **job.env, WORKER_PID_ENV: str(os.getpid())}  # see supervisor_wake
     proc = subprocess.Popen(
         list(command.argv),
         stdin=subprocess.PIPE if command.secret_input is not None else subprocess.DEVNULL,
@@ -185,11 +187,9 @@ def _supervise(pid: int, job: Job, kill_grace: float) -> tuple[signal.Signals | 
 
 
 def _stop(pid: int, kill_grace: float) -> signal.Signals:
-    _killpg(pid, signal.SIGTERM)
-    if _wait_exit(pid, kill_grace):
-        return signal.SIGTERM
-    _killpg(pid, signal.SIGKILL)
-    return signal.SIGKILL
+    """TERM, then KILL the task's session; its leader (the supervisor that reports the task's end)
+    goes last (see :func:`forklift.lifeline.stop_session`)."""
+    return stop_session(pid, kill_grace, still_running=lambda: not _wait_exit(pid, 0))
 
 
 def _sweep_group(pid: int, job: Job) -> None:
@@ -233,23 +233,24 @@ def _wait_exit(pid: int, timeout: float) -> bool:
             fd = None
         if fd is not None:
             try:
-                while True:  # a pidfd turns readable when the process exits
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        return False
+                while True:  # a pidfd turns readable when the process exits; look at least once
+                    remaining = max(0.0, deadline - time.monotonic())
                     if select.select([fd], [], [], remaining)[0]:
                         return True
+                    if remaining == 0:
+                        return False
             finally:
                 os.close(fd)
     # No pidfd (not Linux, or an old kernel): look without reaping, a few times a second.
-    while time.monotonic() < deadline:
+    while True:
         try:
             if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
                 return True
         except ChildProcessError:
             return True
+        if time.monotonic() >= deadline:
+            return False
         time.sleep(0.05)
-    return False
 
 
 def _killpg(pgid: int, sig: signal.Signals) -> None:

@@ -195,6 +195,7 @@ class _Strategy:
             # after deferral (the trigger fired fast), a retry racing sync(). It runs once that run has
             # ended, never beside it; the earlier run's reports keep their own dispatch number.
             self._held_behind[job.key] = job
+            log.info("forklift: %s queued again while its earlier run is live; it runs once that run ends.", job.title or job.key)
             return
         self._submitted[job.key] = time.monotonic()
         self._accept(job)

@@ -29,6 +29,9 @@ import select
 import signal
 from types import FrameType
 
+#: Set by forklift's worker in its task's environment: the pid to tell when the task process has ended.
+WORKER_PID_ENV = "FORKLIFT_WORKER_PID"
+
 _EPOLL_CTL_ADD = 1
 _EPOLL_CTL_MOD = 3
 _EVENTPOLL = "anon_inode:[eventpoll]"
@@ -100,6 +103,31 @@ def _on_sigchld(signum: int, frame: FrameType | None) -> None:
         wake_epolls()
     except Exception:  # noqa: BLE001 - a missed wake costs only the supervisor's own timeout
         pass
+    _tell_worker_the_task_ended()
+
+
+def _tell_worker_the_task_ended() -> None:
+    """Once the task process has exited, tell the worker (SIGUSR1), once.
+
+    What the task detached from its session (a daemon, a double fork) was re-parented to the worker,
+    and may still hold the task's stdout: the supervisor then waits up to ``[workers]
+    socket_cleanup_timeout`` (60 s) for those pipes to close before it exits. The worker stops such
+    leftovers on this word, the pipes close, and the supervisor ends with its task.
+    """
+    worker = _state.get("worker")
+    if not worker or _state.get("told") or os.getppid() != worker:
+        return
+    try:
+        exited = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)  # look, never reap
+    except ChildProcessError:
+        return
+    if exited is None:
+        return  # a child stopped or continued; none has exited
+    _state["told"] = True
+    try:
+        os.kill(int(worker), signal.SIGUSR1)  # type: ignore[call-overload]
+    except OSError:
+        pass
 
 
 def _reset_in_child() -> None:
@@ -123,6 +151,10 @@ def wake_on_child_exit() -> bool:
         os.register_at_fork(after_in_child=_reset_in_child)
         _state["at_fork"] = True
     _state["pid"] = os.getpid()
+    # The worker that started this process names itself (runners set it); anyone else is never signalled.
+    worker = os.environ.get(WORKER_PID_ENV, "")
+    _state["worker"] = int(worker) if worker.isdigit() and int(worker) == os.getppid() else None
+    _state.pop("told", None)
     _state.pop("wake_fd", None)
     signal.signal(signal.SIGCHLD, _on_sigchld)
     return True

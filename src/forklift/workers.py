@@ -80,6 +80,8 @@ class _Worker(_FORK.Process):  # type: ignore[name-defined,misc]
         self._stop_reason: str | None = None  # set when forklift stops an unadopted task
         self._task: ProcessId | None = None  # the running task's process, as its record names it
         self._watchdog: threading.Thread | None = None
+        self._detached_stopped: list[tuple[int, str]] = []  # stopped on the supervisor's word (SIGUSR1)
+        self._subreaper = False
 
     def run(self) -> None:
         # Ctrl-C in a terminal reaches the whole foreground process group; the scheduler decides
@@ -88,8 +90,11 @@ class _Worker(_FORK.Process):  # type: ignore[name-defined,misc]
         signal.signal(signal.SIGTERM, self._on_sigterm)
         self._parent = ProcessId.of(os.getppid())
         self._me = ProcessId.me()
-        # Whatever a task detaches from its session comes back here, to be stopped when the task ends.
-        become_subreaper()
+        # Whatever a task detaches from its session comes back here, to be stopped when the task ends;
+        # the Task SDK supervisor says (SIGUSR1) when its task process has ended, before it exits itself.
+        # (The handler is installed whatever the kernel says: SIGUSR1's default would end the worker.)
+        self._subreaper = become_subreaper()
+        signal.signal(signal.SIGUSR1, self._on_task_process_ended)
         if self.options.records is None:
             # No handover: when the scheduler dies, however it dies, the task goes with it.
             die_with_parent(signal.SIGTERM)
@@ -121,6 +126,11 @@ class _Worker(_FORK.Process):  # type: ignore[name-defined,misc]
             kill_session(self._task_pgid)
             stop_children(0)  # and what it detached from its session (re-parented to this subreaper)
         os._exit(128 + signum)
+
+    def _on_task_process_ended(self, signum: int, frame: object) -> None:
+        # No logging here (a handler must not take the logging lock); execute() logs what was stopped.
+        if self._subreaper and self._task_pgid:
+            self._detached_stopped += stop_children(self.options.kill_grace, spare=self._task_pgid)
 
     def _on_parent_gone(self, signum: int, frame: object) -> None:
         if self._parent is not None and os.getppid() == self._parent.pid:
@@ -210,6 +220,9 @@ class _Worker(_FORK.Process):  # type: ignore[name-defined,misc]
             state, reason = FAILED, f"forklift worker {me} could not run it: {type(exc).__name__}: {exc}"
         finally:
             self._task_pgid = None
+        for pid, command in self._detached_stopped:
+            log.warning("forklift: %s left pid %d running outside its session (%s); stopped it.", job.title or job.key, pid, command)
+        self._detached_stopped = []
         if self._stop_reason is not None:
             state, reason = FAILED, f"{self._stop_reason} ({reason})"
         self._record(job, state, reason)

@@ -123,3 +123,31 @@ def grow(mib: int, path: str) -> int:
 def write_oom_score_adj(path: str) -> int:
     Path(path).write_text(Path("/proc/self/oom_score_adj").read_text().strip())
     return 0
+
+
+def supervise_a_detacher(pidfile: str) -> int:
+    """Behave like Airflow 3's supervisor: fork a 'runner' whose stdout is a pipe and read that pipe to
+    EOF. The runner leaves a detached `sleep 600` holding the pipe and exits; only stopping the sleeper
+    lets this end."""
+    from forklift.supervisor_wake import wake_on_child_exit
+
+    wake_on_child_exit()
+    r, w = os.pipe()
+    runner = os.fork()
+    if runner == 0:
+        os.dup2(w, 1)
+        os.close(r)
+        os.close(w)
+        if os.fork() == 0:
+            os.setsid()
+            sleeper = subprocess.Popen(["sleep", "600"], start_new_session=True)  # fd 1 is the pipe
+            Path(pidfile + ".tmp").write_text(str(sleeper.pid))
+            os.replace(pidfile + ".tmp", pidfile)
+            os._exit(0)
+        os.wait()
+        os._exit(0)
+    os.close(w)
+    while os.read(r, 4096):
+        pass
+    os.waitpid(runner, 0)
+    return 0

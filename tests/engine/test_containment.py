@@ -195,3 +195,24 @@ def test_tasks_are_the_oom_killers_first_choice(tmp_path: Path, mode: str) -> No
         assert Path(f"/proc/{worker}/oom_score_adj").read_text().strip() == Path("/proc/self/oom_score_adj").read_text().strip()
     finally:
         engine.terminate()
+
+
+@pytest.mark.parametrize("parallelism", [0, 2], ids=["unlimited", "limited"])
+def test_a_detached_child_holding_the_tasks_pipe_does_not_keep_its_supervisor_waiting(
+    tmp_path: Path, parallelism: int
+) -> None:
+    """Airflow 3's supervisor waits for its task's pipes to close (up to 60 s). On its word that the task
+    process has ended, the worker stops what was detached, so the task ends with its own process."""
+    pidfile = tmp_path / "sleeper.pid"
+    engine = make_strategy(parallelism, kill_grace=1.0)
+    engine.start()
+    try:
+        started = time.monotonic()
+        engine.submit(Job("supervised", ForkCall(jobfns.supervise_a_detacher, (str(pidfile),)), title="supervised"))
+        result = wait_for_results(engine, {"supervised"}, timeout=20)["supervised"]
+        took = time.monotonic() - started
+        assert result.state == SUCCESS, result
+        assert took < 5, f"the task took {took:.1f} s: its supervisor waited for the detached sleeper"
+        assert gone(int(pidfile.read_text()))
+    finally:
+        engine.terminate()

@@ -203,6 +203,11 @@ class AirflowStack:
     def start_scheduler(self, env: Mapping[str, str] | None = None, stdout: int | None = None) -> None:
         self.start_component("scheduler", "scheduler", env=env, stdout=stdout)
 
+    def start_triggerer(self) -> None:
+        """The triggerer, for deferrable tasks (stopped with the rest of the stack)."""
+        if not self.is_running("triggerer"):
+            self.start_component("triggerer", "triggerer")
+
     def process(self, name: str) -> subprocess.Popen[bytes]:
         """The running component's process (the leader of its process group)."""
         comp = self._components.get(name)
