@@ -60,6 +60,9 @@ def test_tasks_resumed_at_once_after_deferral_all_run(scheduler: AirflowStack, t
     assert "not run:" not in log, "forklift refused a dispatch"
     held = log.count("queued again while its earlier run is live") - held_before
     print(f"\n40 resumes after deferral: all succeeded; {held} came while the deferred run was still live here")
+    if scheduler.major >= 3:
+        # Airflow 2's base executor itself waits while a key is still running; Airflow 3 hands it over.
+        assert held > 0, "the race this test is about never happened"
 
 
 @pytest.mark.parametrize("scheduler", CONFIGS, ids=CONFIG_IDS, indirect=True)
@@ -97,7 +100,9 @@ def test_a_task_over_its_memory_limit_fails_and_its_neighbour_succeeds(scheduler
             break
         time.sleep(0.5)
     assert states == {"hog": "failed", "neighbour": "success"}, states
-    log = _log(scheduler)
+    # Airflow 2's task marks itself failed on forklift's SIGTERM, before forklift's own report arrives.
+    while "exceeded its memory limit: " not in (log := _log(scheduler)) and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert "exceeded its memory limit: " in log and " MiB > 300 MiB" in log, log[-3000:]
     assert int((tmp_path / "hog.mib").read_text()) < 600, "stopped before it had all it asked for"
     assert (tmp_path / "oom_score_adj").read_text() == "500", "a task is the OOM killer's first choice"
