@@ -92,7 +92,7 @@ CONFIG_OPTIONS: dict[str, dict[str, Any]] = {
     "task_memory_limit": {
         "description": (
             "Memory limit in MiB for each task's whole process tree (its PSS: pages shared with other "
-            "processes are split between them), sampled every 0.1 s; over it, forklift stops the task "
+            "processes are split between them), sampled every 0.05-1 s (more often the nearer the limit); over it, forklift stops the task "
             "(SIGTERM, SIGKILL after kill_grace) and fails it with 'exceeded its memory limit'. 0: no limit. "
             "A task may set its own: executor_config={'forklift': {'memory_limit_mb': 2048}}."
         ),

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from forklift.containment import SAMPLE_SECONDS, MemorySampler, OomWitness, raise_oom_score
+from forklift.containment import MemorySampler, OomWitness, raise_oom_score
 from forklift.jobs import FAILED, SUCCESS, Command, ForkCall, Job, describe_exit
 from forklift.lifeline import kill_session, stop_children, stop_session
 from forklift.proctitle import set_title
@@ -163,7 +163,7 @@ def _run_subprocess(job: Job, command: Command, on_started: OnStarted, kill_grac
 
 def _supervise(pid: int, job: Job, kill_grace: float) -> tuple[signal.Signals | None, float | None]:
     """Wait until the child ``pid`` exits, its ``job.timeout`` passes or its tree's memory goes over
-    ``job.memory_limit_mib`` (sampled every ``SAMPLE_SECONDS``); past a limit, TERM then KILL its group.
+    ``job.memory_limit_mib`` (sampled more often the nearer it gets); past a limit, TERM then KILL its group.
 
     Returns the signal that stopped it (None if it ended by itself) and, for a memory stop, the MiB it
     used. The child is not reaped here.
@@ -172,14 +172,14 @@ def _supervise(pid: int, job: Job, kill_grace: float) -> tuple[signal.Signals | 
     if job.timeout is None and not limit:
         return None, None
     deadline = None if job.timeout is None else time.monotonic() + job.timeout
-    sampler = MemorySampler(pid) if limit else None
+    sampler = MemorySampler(limit) if limit else None
     while True:
-        wait = SAMPLE_SECONDS if sampler is not None else float("inf")
+        wait = sampler.next_interval() if sampler is not None else float("inf")
         if deadline is not None:
             wait = min(wait, max(0.0, deadline - time.monotonic()))
         if _wait_exit(pid, wait):
             return None, None
-        used = sampler.mib(limit) if sampler is not None else None
+        used = sampler.sample() if sampler is not None else None
         if used is not None and used > limit:
             return _stop(pid, kill_grace), used
         if deadline is not None and time.monotonic() >= deadline:

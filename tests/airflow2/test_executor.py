@@ -156,3 +156,20 @@ def test_revoke_task_on_airflow_2(tmp_path: Path) -> None:
         gate.unlink(missing_ok=True)
         ex.end()
     assert ex.get_event_buffer() == {}  # revoked work reports nothing
+
+
+def test_executor_config_memory_limit_reaches_the_job_and_a_bad_one_fails_only_that_task(tmp_path: Path) -> None:
+    cmd = ["airflow", "tasks", "run", "d", "t", "r", "--local"]
+    job = compat.command_to_job(key(), cmd, mode=RunMode.FORK, memory_limit=2048)
+    assert job.memory_limit_mib == 2048
+    ex = forklift.LocalExecutor(parallelism=1)
+    ex.start()
+    try:
+        ex.execute_async(key=key(), command=cmd, executor_config={"forklift": {"memory_limit_mb": "lots"}})
+        ex.running.add(key())
+        state, info = wait_for_event(ex, key())
+    finally:
+        ex.end()
+    assert state == TaskInstanceState.FAILED
+    assert "executor_config['forklift']['memory_limit_mb'] = 'lots' is invalid" in info
+    assert not ex.running

@@ -241,3 +241,28 @@ def test_a_key_queued_again_while_its_run_is_live_is_held_not_refused(monkeypatc
         for path in (gate, tmp_path / "resumed-again"):
             path.unlink(missing_ok=True)
         ex.end()
+
+
+def test_executor_config_memory_limit_reaches_the_job_and_a_bad_one_fails_only_that_task() -> None:
+    good = make_workload("limited")
+    good.ti.executor_config = {"forklift": {"memory_limit_mb": 1024}}
+    job = compat.workload_to_job(
+        good, mode=RunMode.FORK, server="http://x/", memory_limit=1024
+    )
+    assert job.memory_limit_mib == 1024 and compat.executor_config_of(good) == {"forklift": {"memory_limit_mb": 1024}}
+    assert "executor_config" not in good.model_dump_json(), "it never reaches the task's JSON"
+    bad = make_workload("bad")
+    bad.ti.executor_config = {"forklift": {"memory_limit_mb": -5}}
+    ex = forklift.LocalExecutor(parallelism=1)
+    ex.start()
+    try:
+        ex.queue_workload(bad, session=None)
+        ex.heartbeat()
+        deadline = time.monotonic() + 30
+        while bad.key in ex.running and time.monotonic() < deadline:
+            ex.sync()
+            time.sleep(0.02)
+        state, info = ex.get_event_buffer()[bad.key]
+    finally:
+        ex.end()
+    assert state == TaskInstanceState.FAILED and "memory_limit_mb'] = -5 is invalid" in info
