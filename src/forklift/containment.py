@@ -29,6 +29,8 @@ import psutil
 MIN_SAMPLE_SECONDS = 0.05
 MAX_SAMPLE_SECONDS = 1.0
 FIRST_SAMPLE_SECONDS = 0.1
+#: The growth a sample interval allows for even when a task has been quiet, in MiB per second.
+BURST_MIB_PER_SECOND = 1024.0
 
 _PAGE_MIB = os.sysconf("SC_PAGE_SIZE") / 2**20 if hasattr(os, "sysconf") else 4096 / 2**20
 
@@ -81,9 +83,9 @@ class MemorySampler:
     """A task's memory: every descendant of its worker (the task's own tree, and what it detached,
     re-parented to the worker), by RSS from one pass over ``/proc``; by PSS once RSS is over the limit.
 
-    One pass costs ~1.3 ms for 80 processes. The next sample is due in ``headroom / (2 × growth rate)``,
-    between 0.05 and 1 s: a quiet task far from its limit costs ~0.1 % of a core, one racing towards it
-    is looked at twenty times a second.
+    One pass costs ~1.3 ms for 80 processes. The next sample is due in ``headroom / (2 × growth)``, the
+    growth being the faster of what was seen and 1 GiB/s, between 0.05 and 1 s: a task far below a limit
+    of 2 GiB or more is looked at once a second (~0.1-0.2 % of a core), one near its limit twenty times.
     """
 
     def __init__(self, limit_mib: float) -> None:
@@ -114,10 +116,9 @@ class MemorySampler:
         if self._last is None:
             return FIRST_SAMPLE_SECONDS
         headroom = max(0.0, self.limit_mib - self._last[1])
-        if self._growth <= 0:
-            wait = MAX_SAMPLE_SECONDS if headroom > self.limit_mib / 4 else MIN_SAMPLE_SECONDS * 4
-        else:
-            wait = headroom / (2 * self._growth)
+        # Half the headroom at the faster of the growth just seen and a sudden burst: a task that starts
+        # allocating at 1 GiB/s from a quiet start is still caught before it is far past its limit.
+        wait = headroom / (2 * max(self._growth, BURST_MIB_PER_SECOND))
         return min(MAX_SAMPLE_SECONDS, max(MIN_SAMPLE_SECONDS, wait))
 
 
