@@ -22,7 +22,7 @@ import os
 import time
 from pathlib import Path
 
-import psutil
+from forklift.lifeline import process_table
 
 #: Bounds of the sampling interval while a task has a memory limit, in seconds: the next sample comes
 #: sooner the closer the task is to its limit and the faster it grew since the last one.
@@ -62,23 +62,6 @@ def _pss_kib(pid: int) -> int:
     return 0
 
 
-def _process_table() -> dict[int, tuple[int, int]]:
-    """``pid -> (ppid, rss pages)`` for every process, from one pass over ``/proc/*/stat``."""
-    table: dict[int, tuple[int, int]] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                data = f.read()
-            # After "pid (comm) ": state, ppid, ... rss is the 24th field (the comm may hold spaces).
-            fields = data[data.rindex(b")") + 2 :].split()
-            table[int(name)] = (int(fields[1]), int(fields[21]))
-        except (OSError, ValueError, IndexError):
-            continue
-    return table
-
-
 class MemorySampler:
     """A task's memory: every descendant of its worker (the task's own tree, and what it detached,
     re-parented to the worker), by RSS from one pass over ``/proc``; by PSS once RSS is over the limit.
@@ -94,7 +77,7 @@ class MemorySampler:
 
     def sample(self) -> float:
         me = os.getpid()
-        table = _process_table()
+        table = process_table()
         children: dict[int, list[int]] = {}
         for pid, (ppid, _) in table.items():
             children.setdefault(ppid, []).append(pid)

