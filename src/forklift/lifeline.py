@@ -126,7 +126,9 @@ def kill_session(sid: int, spare: int | None = None) -> list[int]:
     return killed
 
 
-def stop_session(sid: int, kill_grace: float, still_running: Callable[[], bool]) -> signal.Signals:
+def stop_session(
+    sid: int, kill_grace: float, still_running: Callable[[], bool], impatient: Callable[[], bool] = lambda: False
+) -> signal.Signals:
     """Stop a task's session so that its supervisor can still record how it ended.
 
     SIGTERM to the leader's group first (the task's own handlers run; Airflow 3's supervisor forwards
@@ -134,12 +136,13 @@ def stop_session(sid: int, kill_grace: float, still_running: Callable[[], bool])
     leader. Airflow 3's task runner only calls ``on_kill()`` on SIGTERM and runs on, and the supervisor
     is what reports a task's end to the API server, so killing it with its task would leave the task
     instance "running" with nobody left to say otherwise. The leader then gets ``kill_grace`` to report
-    and exit before it is killed too. Returns the last signal it took.
+    and exit before it is killed too. ``impatient()`` ends the first grace early (a task still growing past
+    its memory limit gets none). Returns the last signal it took.
     """
 
-    def wait(seconds: float) -> bool:
+    def wait(seconds: float, give_up: Callable[[], bool] = lambda: False) -> bool:
         deadline = time.monotonic() + seconds
-        while still_running() and time.monotonic() < deadline:
+        while still_running() and time.monotonic() < deadline and not give_up():
             time.sleep(0.05)
         return still_running()
 
@@ -147,7 +150,7 @@ def stop_session(sid: int, kill_grace: float, still_running: Callable[[], bool])
         os.killpg(sid, signal.SIGTERM)
     except (ProcessLookupError, PermissionError):
         pass
-    if not wait(kill_grace):
+    if not wait(kill_grace, impatient):
         return signal.SIGTERM
     kill_session(sid, spare=sid)
     if wait(kill_grace):

@@ -180,8 +180,12 @@ def _supervise(pid: int, job: Job, kill_grace: float) -> tuple[signal.Signals | 
         if _wait_exit(pid, wait):
             return None, None
         used = sampler.sample() if sampler is not None else None
-        if used is not None and used > limit:
-            return _stop(pid, kill_grace), used
+        if used is not None and used > limit and sampler is not None:
+            # No grace for a task still growing: Airflow 3's task runner takes SIGTERM as a cue to call
+            # on_kill() and runs on, allocating as it goes.
+            stopped_at = used
+            still_growing = lambda: sampler.sample() > stopped_at * 1.1  # noqa: E731
+            return stop_session(pid, kill_grace, lambda: not _wait_exit(pid, 0), impatient=still_growing), used
         if deadline is not None and time.monotonic() >= deadline:
             return _stop(pid, kill_grace), None
 

@@ -44,8 +44,11 @@ def _log(stack: AirflowStack) -> str:
 
 
 @pytest.mark.parametrize("scheduler", CONFIGS, ids=CONFIG_IDS, indirect=True)
-def test_tasks_resumed_at_once_after_deferral_all_run(scheduler: AirflowStack, tmp_path: Path) -> None:
+def test_tasks_resumed_at_once_after_deferral_all_run(
+    scheduler: AirflowStack, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     """Each of 20 tasks defers to a trigger that fires at once, twice in a row: none is refused or failed."""
+    parallelism = request.node.callspec.params["scheduler"][0]
     scheduler.wait_for_dag("forklift_resume")
     held_before = _log(scheduler).count("queued again while its earlier run is live")
     for attempt in range(2):
@@ -60,8 +63,10 @@ def test_tasks_resumed_at_once_after_deferral_all_run(scheduler: AirflowStack, t
     assert "not run:" not in log, "forklift refused a dispatch"
     held = log.count("queued again while its earlier run is live") - held_before
     print(f"\n40 resumes after deferral: all succeeded; {held} came while the deferred run was still live here")
-    if scheduler.major >= 3:
+    if scheduler.major >= 3 and parallelism == 0:
         # Airflow 2's base executor itself waits while a key is still running; Airflow 3 hands it over.
+        # With 4 workers every slot is held by a lingering first run, so a resumed task is queued only
+        # once a run ends: backpressure mostly prevents the race. With one process per task it is certain.
         assert held > 0, "the race this test is about never happened"
 
 
