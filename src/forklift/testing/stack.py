@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -78,6 +78,8 @@ class _Component:
     name: str
     proc: subprocess.Popen[bytes]
     log_path: Path
+    #: Its descendants when it was last signalled (once it is dead they are re-parented, out of reach).
+    descendants: list[psutil.Process] = field(default_factory=list)
 
 
 class AirflowStack:
@@ -217,20 +219,25 @@ class AirflowStack:
 
     def signal_component(self, name: str, sig: int) -> None:
         """Send ``sig`` to the component's own process only, as a crash, an OOM kill or `kill PID` would."""
-        self.process(name).send_signal(sig)
+        comp = self._components[name]
+        comp.descendants = _airflows_own_descendants(comp.proc.pid)
+        comp.proc.send_signal(sig)
 
     def release_component(self, name: str, timeout: float = 90) -> int | None:
         """Wait for the component's process to exit (after :meth:`signal_component`) and forget it.
 
         forklift's workers in its process group are left alone: they are meant to outlive it, hand
-        their tasks to the next scheduler and leave by themselves. The rest of the group is stopped, as
-        a service manager would: Airflow's own children (the scheduler's ``serve-logs``) outlive a
-        SIGKILLed scheduler otherwise. Returns the exit code.
+        their tasks to the next scheduler and leave by themselves. Everything else it started is
+        stopped, as a service manager would: Airflow's own children outlive a SIGKILLed scheduler
+        otherwise (its ``serve-logs``; on Airflow 2 also the DagFileProcessorManager, which leads a
+        process group of its own). Returns the exit code.
         """
         comp = self._components.pop(name, None)
         if comp is None:
             return None
-        members = [p for p in _group_members(comp.proc.pid) if p.pid != comp.proc.pid]
+        # Its process group, and what had left it (Airflow 2's DagFileProcessorManager leads a group of its own).
+        members = {p.pid: p for p in [*_group_members(comp.proc.pid), *comp.descendants] if p.pid != comp.proc.pid}
+        members = list(members.values())
         try:
             code = comp.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -241,6 +248,7 @@ class AirflowStack:
         airflows_own = []
         for proc in members:
             with contextlib.suppress(psutil.Error):
+                # is_running() also checks the start time: a reused pid is never taken for a member.
                 if proc.is_running() and FORKLIFT_TITLE not in " ".join(proc.cmdline()):
                     airflows_own.append(proc)
         for proc in airflows_own:
@@ -507,6 +515,20 @@ class AirflowStack:
                 if proc.environ().get("AIRFLOW_HOME") == marker or proc.cwd() == marker:
                     left.append(proc)
         return left
+
+
+def _airflows_own_descendants(pid: int) -> list[psutil.Process]:
+    """A component's children that are not forklift's, with everything below them (forklift's workers,
+    and the tasks under them, are meant to outlive a scheduler that is stopped or killed)."""
+    own: list[psutil.Process] = []
+    with contextlib.suppress(psutil.Error):
+        for child in psutil.Process(pid).children():
+            with contextlib.suppress(psutil.Error):
+                if FORKLIFT_TITLE in " ".join(child.cmdline()):
+                    continue
+                own.append(child)
+                own.extend(child.children(recursive=True))
+    return own
 
 
 def _group_members(pgid: int) -> list[psutil.Process]:
