@@ -58,7 +58,9 @@ def hog(**context: object) -> None:
     held = []
     for step in range(60):  # 600 MiB in 10 MiB steps, every page touched
         held.append(bytearray(10 * 2**20))
-        (_out(context) / "hog.mib").write_text(str((step + 1) * 10))
+        # Replaced, not rewritten: the stop can land mid-write, and a truncated file reads as ''.
+        (_out(context) / "hog.mib.tmp").write_text(str((step + 1) * 10))
+        (_out(context) / "hog.mib.tmp").replace(_out(context) / "hog.mib")
         time.sleep(0.02)
     time.sleep(600)
 
