@@ -15,7 +15,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from forklift.settings import ConfigError, Lookup, RunMode, Settings, load_settings
+from forklift.settings import READY_HORIZON, ConfigError, Lookup, RunMode, Settings, executor_names, holds_ready_beyond_cap, load_settings
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 EXECUTOR_PATH = "forklift.LocalExecutor"
@@ -33,8 +33,7 @@ class Check:
 
 def check_executor(lookup: Lookup) -> Check:
     raw = lookup("core", "executor") or ""
-    # "a,b", "alias:module.Class", and multi-team "team=...;..." forms: look for forklift's path anywhere.
-    names = [part.strip().split(":")[-1].strip() for chunk in raw.replace(";", ",").split(",") for part in [chunk.split("=")[-1]]]
+    names = executor_names(raw)
     if EXECUTOR_PATH in names:
         where = "the default executor" if names and names[0] == EXECUTOR_PATH else "one of the executors"
         return Check("executor", OK, f"[core] executor = {raw!r}: forklift is {where}")
@@ -59,15 +58,25 @@ def check_settings(lookup: Lookup, base_parallelism: Callable[[int, Lookup], int
     return Check("settings", OK, f"{shape}, run mode {settings.run_mode.value}"), settings
 
 
-def check_scheduler_cap(settings: Settings, cap: int | None) -> Check:
+def check_scheduler_cap(settings: Settings, cap: int | None, held_beyond_cap: bool = False) -> Check:
+    """What ``[core] parallelism`` gives forklift, in one line (the executor logs the same at start)."""
     if settings.unlimited or cap is None or cap >= settings.slots:
         return Check("scheduler cap", OK, f"[core] parallelism = {cap if cap is not None else 'unlimited'} leaves forklift its slots")
+    if held_beyond_cap:
+        return Check(
+            "scheduler cap",
+            OK,
+            f"[core] parallelism = {cap}: {settings.parallelism} workers run at most {settings.parallelism} tasks at "
+            f"once; up to {settings.prefetch} more are held ready (prefetch_multiplier {settings.prefetch_multiplier}) "
+            f"while a worker should take them within {READY_HORIZON:g} s, uncounted against the cap since they do "
+            "not run (forklift is the scheduler's only executor)",
+        )
     if settings.parallelism_from_core:
         return Check(
             "scheduler cap",
             OK,
-            f"[core] parallelism = {cap} sets both forklift's workers and the scheduler's cap, so no task is held "
-            "ready (no prefetch); set [forklift] parallelism below it to have some",
+            f"[core] parallelism = {cap} sets both forklift's workers and the cap the scheduler shares among its "
+            "executors, so no task is held ready (no prefetch); set [forklift] parallelism below it to have some",
         )
     return Check(
         "scheduler cap",
@@ -162,7 +171,7 @@ def run_checks() -> list[Check]:
     settings_check, settings = check_settings(lookup, compat.base_parallelism)
     checks.append(settings_check)
     if settings is not None:
-        checks.append(check_scheduler_cap(settings, compat.scheduler_cap(lookup)))
+        checks.append(check_scheduler_cap(settings, compat.scheduler_cap(lookup), holds_ready_beyond_cap(settings, lookup)))
     checks += [check_start_method(lookup), check_database(lookup, major)]
     if major >= 3:
         checks.append(check_execution_api(compat.execution_api_url(None)))

@@ -18,7 +18,16 @@ from forklift import airflow_compat as compat
 from forklift.doctor import WARN, check_scheduler_cap
 from forklift.handover import RecordsDir
 from forklift.jobs import FAILED, RUNNING, SUCCESS, Result
-from forklift.settings import ConfigError, OnShutdown, RunMode, Settings, load_settings, task_memory_limit
+from forklift.settings import (
+    READY_HORIZON,
+    ConfigError,
+    OnShutdown,
+    RunMode,
+    Settings,
+    holds_ready_beyond_cap,
+    load_settings,
+    task_memory_limit,
+)
 from forklift.shutdown import ExitSignalGuard, SecondSignal
 from forklift.strategies import _Strategy, make_strategy
 
@@ -53,6 +62,7 @@ class LocalExecutor(BaseExecutor):
         slots = compat.base_parallelism(self.settings.parallelism, lookup) + self.settings.prefetch
         super().__init__(slots, *args, **kwargs)
         self._core_cap = compat.scheduler_cap(lookup)
+        self._held_beyond_cap = holds_ready_beyond_cap(self.settings, lookup)
         self.impl: _Strategy | None = None
         # What to report for each dispatched key: the workload's own success/failure states.
         self._outcome_states: dict[Hashable, tuple[Any, Any]] = {}
@@ -95,9 +105,11 @@ class LocalExecutor(BaseExecutor):
         # After the workers fork (they set their own handlers): the scheduler's exit handler is
         # already installed by now, and must not be able to wedge it (see ExitSignalGuard).
         self._signal_guard.install()
-        cap = check_scheduler_cap(self.settings, self._core_cap)  # the same check `forklift doctor` runs
+        cap = check_scheduler_cap(self.settings, self._core_cap, self._held_beyond_cap)  # as `forklift doctor` says it
         if cap.status == WARN:
             self.log.warning("forklift: %s.", cap.message)
+        else:
+            self.log.info("forklift: %s.", cap.message)
         self.log.info(
             "forklift started: %s, parallelism %d, run mode %s, prefetch %d (scheduler slots %d)",
             self.settings.strategy_name,
@@ -192,6 +204,16 @@ class LocalExecutor(BaseExecutor):
             queued = getattr(self, name, None)
             if queued is not None and queued.pop(key, None) is not None:
                 return
+
+    @property
+    def slots_occupied(self) -> int:
+        """What the scheduler counts against ``[core] parallelism`` for this executor: everything it holds,
+        less the tasks held ready that a worker should take within READY_HORIZON, when those need not
+        count (see settings.holds_ready_beyond_cap). The workers still run no more than their number."""
+        occupied: int = super().slots_occupied
+        if not self._held_beyond_cap or self.impl is None:
+            return occupied
+        return max(0, occupied - self.impl.ready_budget(READY_HORIZON))
 
     # -- results ---------------------------------------------------------------------------
     def heartbeat(self) -> None:

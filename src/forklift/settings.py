@@ -272,6 +272,45 @@ def load_settings(lookup: Lookup, *, parallelism: int | None = None) -> Settings
     )
 
 
+#: A task is held ready beyond the running ones only while a worker should take it within this many
+#: seconds (see LimitedParallelism.ready_budget): long enough to cover the scheduler's loop and its 1 s
+#: idle sleep several times over, far below ``[scheduler] task_queued_timeout`` (600 s by default).
+READY_HORIZON = 10.0
+
+
+def executor_names(raw: str) -> list[str]:
+    """The executors a ``[core] executor`` value names: ``a,b``, ``alias:module.Class`` and the multi-team
+    ``team=...;...`` forms, each reduced to its class path (or Airflow's short name)."""
+    names = []
+    for chunk in raw.replace(";", ",").split(","):
+        name = chunk.split("=")[-1].split(":")[-1].strip()
+        if name:
+            names.append(name)
+    return names
+
+
+def holds_ready_beyond_cap(settings: Settings, lookup: Lookup) -> bool:
+    """Whether the tasks forklift holds ready stay out of what the scheduler counts against ``[core] parallelism``.
+
+    The scheduler queues no more than ``[core] parallelism`` task instances, queued or running, across
+    all its executors. A held task is queued, not running, but counting it means a worker that comes
+    free waits a whole scheduler loop (up to its 1 s idle sleep, plus the loop) for its next task.
+    When forklift is the scheduler's only executor and has no more workers than the cap, the workers
+    alone keep running tasks within the cap, so the held ones need not count. Beside other executors
+    a slot left uncounted could go to their tasks and push the total running past the cap, so then
+    everything counts.
+    """
+    if settings.unlimited or settings.prefetch == 0:
+        return False
+    if len(executor_names(lookup("core", "executor") or "")) != 1:
+        return False
+    try:
+        cap = int(lookup("core", "parallelism") or "32")
+    except ValueError:
+        return False
+    return 0 < settings.parallelism <= cap
+
+
 def default_orphan_timeout(lookup: Lookup) -> float:
     """Long enough for a restarted scheduler to adopt: Airflow's health threshold plus two orphan
     checks (630 s at Airflow's defaults of 30 s and 300 s), and never under two minutes."""

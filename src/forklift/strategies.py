@@ -35,6 +35,7 @@ import os
 import queue
 import select
 import signal
+import statistics
 import time
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
@@ -71,6 +72,7 @@ class _Dispatch:
     worker_pid: int | None = None  # known once the worker says RUNNING (Limited) or at spawn (Unlimited)
     task_pid: int | None = None  # leads the task's process group
     handed_at: float = field(default_factory=time.monotonic)
+    started_at: float | None = None  # when its RUNNING report was read
 
 
 @dataclass
@@ -113,6 +115,9 @@ class _Manager(SyncManager):
 
 
 _Manager.register("Queue", _DrainableQueue)
+
+#: How many recent run times ready_budget() judges the pace by.
+RUNTIME_SAMPLES = 64
 
 #: At most this many results are read in one round trip (bounds one message's size).
 _DRAIN_BATCH = 10_000
@@ -163,6 +168,8 @@ class _Strategy:
         # submit() → RUNNING, per job, for the dispatch-latency metric (taken by take_dispatch_latencies).
         self._submitted: dict[Hashable, float] = {}
         self._latencies: list[float] = []
+        #: How long recent tasks ran (RUNNING read → end read), for ready_budget().
+        self._runtimes: collections.deque[float] = collections.deque(maxlen=RUNTIME_SAMPLES)
         self._dispatched: dict[Hashable, _Dispatch] = {}
         self._revoked: set[int] = set()  # seqs of revoked dispatches whose reports are dropped
         self._kill_at: dict[int, float] = {}  # process group → when SIGKILL follows the SIGTERM
@@ -602,6 +609,7 @@ class _Strategy:
         if result.state == RUNNING:
             dispatch.worker_pid = result.worker_pid
             dispatch.task_pid = result.info
+            dispatch.started_at = time.monotonic()
             submitted = self._submitted.get(result.key)
             if submitted is not None:
                 self._latencies.append(time.monotonic() - submitted)
@@ -610,9 +618,15 @@ class _Strategy:
                 self.counters["timeouts"] += 1
             if isinstance(result.info, str) and result.info.startswith("exceeded its memory limit"):
                 self.counters["memory_limits"] += 1
+            if dispatch.started_at is not None:
+                self._runtimes.append(time.monotonic() - dispatch.started_at)
             del self._dispatched[result.key]
             self._forget_record(result.key)
         return True
+
+    def ready_budget(self, horizon: float) -> int:
+        """How many tasks are worth holding ready beyond the ones running: 0 here (see LimitedParallelism)."""
+        return 0
 
     def _fail_lost(self, dead: list[_Worker]) -> list[Result]:
         """Jobs whose worker died without reporting their end: FAILED, with the worker's exit status."""
@@ -910,6 +924,25 @@ class LimitedParallelism(_Strategy):
     @property
     def pending_keys(self) -> set[Hashable]:
         return set(self._pending_keys)
+
+    def ready_budget(self, horizon: float) -> int:
+        """How many tasks are worth holding ready beyond the ones running (at most ``prefetch``).
+
+        A held task is worth it when a worker will take it within ``horizon`` seconds. Each worker
+        counts for ``horizon / typical`` tasks, ``typical`` being the median of the recent tasks'
+        run times; a worker whose current task has already run longer than ``horizon`` and than
+        three typical tasks counts for none, since nobody can say when it frees. Nothing is held
+        until a task has finished here: a held task that waits past ``[scheduler] task_queued_timeout``
+        is revoked by the scheduler, so long tasks must never have work queued behind them.
+        """
+        if not self.prefetch or not self._runtimes:
+            return 0
+        now = time.monotonic()
+        typical = max(statistics.median(self._runtimes), 0.05)
+        busy = [now - d.started_at for d in self._dispatched.values() if d.started_at is not None]
+        stuck = sum(1 for elapsed in busy if elapsed > max(horizon, 3 * typical))
+        cycling = max(0, self.parallelism - stuck)
+        return min(self.prefetch, int(cycling * horizon / typical))
 
 
 def make_strategy(parallelism: int, **options: Any) -> _Strategy:

@@ -54,6 +54,8 @@ def test_scheduler_cap() -> None:
     from_core = load_settings(lookup_from({("core", "parallelism"): "32"}))  # workers and cap are one setting
     check = check_scheduler_cap(from_core, 32)
     assert check.status == OK and "no prefetch" in check.message
+    check = check_scheduler_cap(from_core, 32, held_beyond_cap=True)  # forklift is the only executor
+    assert check.status == OK and "32 workers run at most 32 tasks at once; up to 96 more are held ready" in check.message
     too_many = load_settings(lookup_from({("forklift", "parallelism"): "16"}))
     check = check_scheduler_cap(too_many, 32)
     assert check.status == WARN and "raise it to 64" in check.message

@@ -266,3 +266,57 @@ def test_executor_config_memory_limit_reaches_the_job_and_a_bad_one_fails_only_t
     finally:
         ex.end()
     assert state == TaskInstanceState.FAILED and "memory_limit_mb'] = -5 is invalid" in info
+
+
+@pytest.mark.parametrize(
+    ("executors", "held_uncounted"),
+    [("forklift.LocalExecutor", True), ("LocalExecutor,forklift.LocalExecutor", False)],
+)
+def test_defaults_hold_tasks_ready_without_counting_them_against_core_parallelism(
+    monkeypatch: pytest.MonkeyPatch, tmp_path, executors: str, held_uncounted: bool  # noqa: ANN001
+) -> None:
+    """``[core] parallelism = 2`` alone: 2 workers, and (as the scheduler's only executor, once tasks are
+    seen to be short) up to 6 more held ready that the scheduler does not count against its cap of 2.
+    Beside another executor, everything counts. Either way only 2 tasks run at once."""
+    monkeypatch.setattr(compat, "workload_to_job", _gated_job)
+    monkeypatch.setenv("AIRFLOW__CORE__PARALLELISM", "2")
+    monkeypatch.setenv("AIRFLOW__CORE__EXECUTOR", executors)
+    ex = forklift.LocalExecutor()
+    assert ex.settings.parallelism == 2 and ex.parallelism == 8  # 2 workers × prefetch_multiplier 4
+    ex.start()
+    try:
+        # Nothing is held ready before a task has been seen to end: it could be a long one.
+        first = [make_workload(f"warm{i}") for i in range(2)]
+        for w in first:
+            (tmp_path / w.ti.task_id).touch()
+            GATES[w.ti.task_id] = str(tmp_path / w.ti.task_id)
+            ex.queue_workload(w, session=None)
+        ex.heartbeat()
+        assert ex.slots_occupied == 2, "held ready before any task was seen to end"
+        for w in first:
+            assert _wait_for(tmp_path / f"{w.ti.task_id}.started")
+            (tmp_path / w.ti.task_id).unlink()
+        deadline = time.monotonic() + 30
+        while ex.running and time.monotonic() < deadline:
+            ex.sync()
+            time.sleep(0.02)
+        assert not ex.running
+
+        workloads = [make_workload(f"t{i}") for i in range(8)]
+        for w in workloads:
+            (tmp_path / w.ti.task_id).touch()
+            GATES[w.ti.task_id] = str(tmp_path / w.ti.task_id)
+            ex.queue_workload(w, session=None)
+        ex.heartbeat()
+        assert len(ex.running) == 8
+        # What the scheduler subtracts from [core] parallelism: 2 (the cap is reached) when the 6 held
+        # ready are uncounted, 8 when everything counts.
+        assert ex.slots_occupied == (2 if held_uncounted else 8)
+        started = [tmp_path / f"t{i}.started" for i in range(8)]
+        assert _wait_for(started[0]) and _wait_for(started[1])
+        ex.sync()
+        assert sum(p.exists() for p in started) == 2, "more tasks ran than [core] parallelism"
+    finally:
+        for gate in tmp_path.iterdir():
+            gate.unlink()
+        ex.end()

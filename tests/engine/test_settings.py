@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from forklift.settings import MAX_PARALLELISM, ConfigError, RunMode, load_settings
+from forklift.settings import MAX_PARALLELISM, ConfigError, RunMode, executor_names, holds_ready_beyond_cap, load_settings
 
 
 def lookup_from(values: dict[tuple[str, str], str]):
@@ -199,3 +199,39 @@ def test_bad_memory_settings_are_refused(key: str, raw: str, fragment: str) -> N
     with pytest.raises(ConfigError) as info:
         load_settings(lookup_from({("forklift", key): raw}), parallelism=2)
     assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({("core", "parallelism"): "4"}, True),  # the defaults: forklift alone, workers = the cap
+        ({("core", "parallelism"): "8", ("forklift", "parallelism"): "4"}, True),
+        ({("core", "parallelism"): "4", ("forklift", "parallelism"): "8"}, False),  # more workers than the cap
+        ({("core", "parallelism"): "4", ("core", "executor"): "LocalExecutor,forklift.LocalExecutor"}, False),
+        ({("core", "parallelism"): "4", ("core", "executor"): "forklift.LocalExecutor;team_a=CeleryExecutor"}, False),
+        ({("core", "parallelism"): "4", ("forklift", "prefetch_multiplier"): "1"}, False),  # nothing held ready
+        ({("core", "parallelism"): "4", ("forklift", "parallelism"): "0"}, False),  # unlimited holds nothing
+    ],
+)
+def test_held_ready_tasks_stay_uncounted_only_where_the_workers_alone_keep_the_cap(
+    values: dict[tuple[str, str], str], expected: bool
+) -> None:
+    values = {("core", "executor"): "forklift.LocalExecutor", **values}
+
+    def lookup(section: str, key: str) -> str | None:
+        return values.get((section, key))
+
+    assert holds_ready_beyond_cap(load_settings(lookup), lookup) is expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "names"),
+    [
+        ("forklift.LocalExecutor", ["forklift.LocalExecutor"]),
+        ("LocalExecutor, fl:forklift.LocalExecutor", ["LocalExecutor", "forklift.LocalExecutor"]),
+        ("forklift.LocalExecutor;team_a=CeleryExecutor", ["forklift.LocalExecutor", "CeleryExecutor"]),
+        ("", []),
+    ],
+)
+def test_executor_names(raw: str, names: list[str]) -> None:
+    assert executor_names(raw) == names

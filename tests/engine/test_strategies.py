@@ -295,3 +295,54 @@ def test_prefetched_jobs_are_withdrawn_at_shutdown_not_run(tmp_path: Path) -> No
             assert not (tmp_path / key).exists(), f"{key} ran during shutdown"
     finally:
         s.terminate()
+
+
+def test_ready_budget_follows_the_pace_of_recent_tasks(tmp_path: Path) -> None:
+    """Nothing is held ready until a task has been seen to end; short tasks earn the whole prefetch;
+    workers all held by tasks longer than the horizon earn nothing (a task held behind them could
+    wait past the scheduler's task_queued_timeout)."""
+    s = LimitedParallelism(2, prefetch=6)
+    s.start()
+    try:
+        assert s.ready_budget(10.0) == 0
+        keys = {f"quick{i}" for i in range(4)}
+        for key in keys:
+            s.submit(fork_job(key, jobfns.ok))
+        wait_for_results(s, keys)
+        assert s.ready_budget(10.0) == 6
+        assert s.ready_budget(0.0) == 0
+
+        fifos = []
+        for i in range(2):
+            fifo = tmp_path / f"gate{i}"
+            os.mkfifo(fifo)
+            fifos.append(fifo)
+            s.submit(fork_job(f"long{i}", jobfns.wait_for_gate, str(fifo), str(tmp_path / f"long{i}"), "x"))
+        running: set[str] = set()
+        deadline = time.monotonic() + 30
+        while len(running) < 2:
+            assert time.monotonic() < deadline, f"the long tasks did not start: {running}"
+            running |= {str(r.key) for r in s.poll(timeout=0.2) if r.state == RUNNING}
+        # Both workers are busy; once their tasks have run past the horizon, nothing is worth holding.
+        horizon = 0.3
+        deadline = time.monotonic() + 30
+        while s.ready_budget(horizon) > 0:
+            assert time.monotonic() < deadline, "the budget never dropped with every worker held by a long task"
+            time.sleep(0.05)
+        for fifo in fifos:
+            with open(fifo, "w") as gate:
+                gate.write("go")
+        wait_for_results(s, {"long0", "long1"})
+    finally:
+        s.end(10)
+
+
+def test_unlimited_holds_nothing_ready() -> None:
+    s = UnlimitedParallelism()
+    s.start()
+    try:
+        s.submit(fork_job("one", jobfns.ok))
+        wait_for_results(s, {"one"})
+        assert s.ready_budget(10.0) == 0
+    finally:
+        s.end(10)
