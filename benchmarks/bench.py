@@ -35,12 +35,13 @@ from forklift.testing.stack import AirflowStack, airflow_major  # noqa: E402
 
 
 def configs(parallelisms: list[int]) -> list[e2e_bench.Config]:
-    """forklift and Airflow's own alternate; parallelism 0 exists for forklift only."""
+    """forklift (tuned, then at the defaults) and Airflow's own alternate; parallelism 0 exists for forklift only."""
     out = []
     for p in parallelisms:
         out.append(e2e_bench.Config("forklift", p))
         if p > 0:
             out.append(e2e_bench.Config("airflow", p))
+            out.append(e2e_bench.Config("forklift-defaults", p))
     return out
 
 

@@ -9,17 +9,25 @@ scheduler's process tree, sampled while the DAG runs:
 - wall: the DAG run's ``queued_at`` (trigger) → ``end_date``;
 - queued→running: each task instance's ``start_date - queued_dttm``; duration: ``end_date - start_date``;
 - peak concurrency: most task instances between start and end at once;
+- slot gap: from a task's end to the start of the task that took its slot (the i-th end frees the
+  slot of the (i + p)-th start), i.e. how long a freed worker sat idle;
+- the wave, from the scheduler's log: end → read (a task's ``end_date`` → the scheduler's "Received
+  executor event" line for it, which frees its slot in the same loop), read → queued (the i-th read →
+  the (i + p)-th ``queued_dttm``; negative when that task was already queued, held ready), and
+  queued → running above;
 - peak PSS: the most the scheduler and all its descendants held at once (PSS splits shared pages
   fairly between processes, so forked workers are not counted twice).
 """
 
 from __future__ import annotations
 
+import re
 import statistics
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +42,7 @@ DAG_IDS = {"python": "bench_python", "bash": "bench_bash"}
 
 @dataclass(frozen=True)
 class Config:
-    executor: str  # "forklift" or "airflow"
+    executor: str  # "forklift", "forklift-defaults" or "airflow"
     parallelism: int
 
     @property
@@ -44,6 +52,10 @@ class Config:
     def env(self, major: int, extra: dict[str, str]) -> dict[str, str]:
         if self.executor == "airflow":
             return {"AIRFLOW__CORE__EXECUTOR": "LocalExecutor", "AIRFLOW__CORE__PARALLELISM": str(self.parallelism)}
+        if self.executor == "forklift-defaults":
+            # What a user has who only names the executor: [core] parallelism, the same value Airflow's
+            # own gets, and nothing in [forklift].
+            return {"AIRFLOW__CORE__EXECUTOR": "forklift.LocalExecutor", "AIRFLOW__CORE__PARALLELISM": str(self.parallelism)}
         # forklift's workers come from [forklift] parallelism. [core] parallelism caps everything the
         # scheduler queues; it is set as forklift's README says (≥ workers × prefetch_multiplier), and
         # left at Airflow's default 32 for parallelism 0.
@@ -68,6 +80,9 @@ class RunResult:
     q2r_p95_s: float
     duration_p50_s: float
     peak_concurrency: int
+    slot_gap_p50_s: float
+    end_to_read_p50_s: float
+    read_to_queued_p50_s: float
     peak_pss_mb: float
     tasks: int
     succeeded: int
@@ -147,10 +162,52 @@ def run_dag(stack: AirflowStack, config: Config, dag: str, run: int, scheduler_p
         q2r_p95_s=percentile(waits, 0.95),
         duration_p50_s=statistics.median(durations) if durations else float("nan"),
         peak_concurrency=peak_overlap(spans) if spans else 0,
+        slot_gap_p50_s=_slot_gap_p50(spans, config.parallelism),
+        **_wave(stack, rows, dag_id, run_id, config.parallelism),
         peak_pss_mb=pss.peak_kb / 1024,
         tasks=len(rows),
         succeeded=sum(r.state == "success" for r in rows),
     )
+
+
+_EVENT = re.compile(
+    r"^\[?(?P<ts>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:[.,]\d+)?(?:Z|[+-]\d\d:?\d\d)?)\]?.*Received executor event "
+    r"with state success for task instance TaskInstanceKey\(dag_id='(?P<dag>[^']+)', task_id='(?P<task>[^']+)', "
+    r"run_id='(?P<run>[^']+)'"
+)
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _wave(stack: AirflowStack, rows: list[Any], dag_id: str, run_id: str, parallelism: int) -> dict[str, float]:
+    """end → read and read → queued medians (see the module docstring); NaN where they cannot be told."""
+    reads: dict[str, datetime] = {}
+    for line in stack.log_tail("scheduler", chars=10**8).splitlines():
+        m = _EVENT.match(line)
+        if m and m["dag"] == dag_id and m["run"] == run_id:
+            stamp = datetime.fromisoformat(m["ts"].replace(",", ".").replace("Z", "+00:00"))
+            reads[m["task"]] = stamp if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)
+    nan = float("nan")
+    ends = [(reads[r.task_id] - _utc(r.end)).total_seconds() for r in rows if r.task_id in reads and r.end]
+    read_times = sorted(reads.values())
+    queued = sorted(_utc(r.queued) for r in rows if r.queued)
+    later = [(queued[i + parallelism] - read_times[i]).total_seconds() for i in range(min(len(read_times), len(queued) - parallelism))]
+    return {
+        "end_to_read_p50_s": statistics.median(ends) if ends else nan,
+        "read_to_queued_p50_s": statistics.median(later) if parallelism > 0 and later else nan,
+    }
+
+
+def _slot_gap_p50(spans: list[tuple[Any, Any]], parallelism: int) -> float:
+    """Median time from a task's end to the start of the task that took its slot (NaN at parallelism 0)."""
+    if parallelism <= 0 or len(spans) <= parallelism:
+        return float("nan")
+    starts = sorted(start for start, _ in spans)
+    ends = sorted(end for _, end in spans)
+    gaps = [(starts[i + parallelism] - ends[i]).total_seconds() for i in range(len(starts) - parallelism)]
+    return statistics.median(gaps)
 
 
 def run_session(stack: AirflowStack, config: Config, run: int, dags: list[str], extra_env: dict[str, str]) -> list[RunResult]:
@@ -158,7 +215,7 @@ def run_session(stack: AirflowStack, config: Config, run: int, dags: list[str], 
     stack.start_scheduler(config.env(stack.major, extra_env))
     try:
         _wait_for_scheduler(stack, before)
-        pid = stack._components["scheduler"].proc.pid
+        pid = stack.process("scheduler").pid
         return [run_dag(stack, config, dag, run, pid) for dag in dags]
     finally:
         stack.stop_component("scheduler")

@@ -8,7 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-METRICS = ("wall_s", "q2r_p50_s", "q2r_p95_s", "duration_p50_s", "peak_concurrency", "peak_pss_mb")
+METRICS = ("wall_s", "q2r_p50_s", "q2r_p95_s", "duration_p50_s", "slot_gap_p50_s", "end_to_read_p50_s", "read_to_queued_p50_s", "peak_concurrency", "peak_pss_mb")
 
 
 def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -44,8 +44,8 @@ def _find(summary: list[dict[str, Any]], executor: str, parallelism: int, dag: s
     return None
 
 
-def ratio(summary: list[dict[str, Any]], parallelism: int, dag: str, metric: str) -> float:
-    ours, theirs = _find(summary, "forklift", parallelism, dag), _find(summary, "airflow", parallelism, dag)
+def ratio(summary: list[dict[str, Any]], parallelism: int, dag: str, metric: str, ours_as: str = "forklift") -> float:
+    ours, theirs = _find(summary, ours_as, parallelism, dag), _find(summary, "airflow", parallelism, dag)
     if not ours or not theirs or not theirs[metric]["median"]:
         return math.nan
     return ours[metric]["median"] / theirs[metric]["median"]
@@ -65,6 +65,10 @@ def targets(summary: list[dict[str, Any]], engine: dict[str, Any] | None, dags: 
         add(f"p=4 {dag}: queued→running p50", row["q2r_p50_s"]["median"] if row else math.nan, 1.0, "s")
         add(f"p=32 {dag}: wall ÷ Airflow's", ratio(summary, 32, dag, "wall_s"), 0.8, "×")
         add(f"p=32 {dag}: scheduler-tree PSS ÷ Airflow's", ratio(summary, 32, dag, "peak_pss_mb"), 1.0, "×")
+        for p, limit in ((4, 0.5), (32, 0.8)):
+            add(f"defaults p={p} {dag}: wall ÷ Airflow's", ratio(summary, p, dag, "wall_s", "forklift-defaults"), limit, "×")
+            row = _find(summary, "forklift-defaults", p, dag)
+            add(f"defaults p={p} {dag}: most running at once", row["peak_concurrency"]["max"] if row else math.nan, p)
     nan = math.nan
     e = engine or {}
     add("engine: fork dispatch p50", e.get("fork_dispatch_s", {}).get("p50", nan) * 1000, 10.0, "ms")
@@ -91,15 +95,15 @@ def markdown(result: dict[str, Any]) -> str:
     summary = result["summary"]
     if summary:
         lines += [
-            "| executor | DAG | wall s | q→run p50 s | q→run p95 s | duration p50 s | peak concurrent | peak PSS MB | wall ÷ Airflow's |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| executor | DAG | wall s | q→run p50 s | q→run p95 s | duration p50 s | slot gap p50 s | peak concurrent | peak PSS MB | wall ÷ Airflow's |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for row in summary:
-            r = ratio(summary, row["parallelism"], row["dag"], "wall_s") if row["executor"] == "forklift" else math.nan
+            r = ratio(summary, row["parallelism"], row["dag"], "wall_s", row["executor"]) if row["executor"] != "airflow" else math.nan
             lines.append(
                 f"| {row['config']}{'' if row['all_succeeded'] else ' ⚠ not all succeeded'} | {row['dag']} "
                 f"| {_cell(row['wall_s'], '.1f')} | {_cell(row['q2r_p50_s'], '.2f')} | {_cell(row['q2r_p95_s'], '.2f')} "
-                f"| {_cell(row['duration_p50_s'], '.2f')} | {_cell(row['peak_concurrency'], '.0f')} "
+                f"| {_cell(row['duration_p50_s'], '.2f')} | {_cell(row['slot_gap_p50_s'], '.2f')} | {_cell(row['peak_concurrency'], '.0f')} "
                 f"| {_cell(row['peak_pss_mb'], '.0f')} | {'–' if math.isnan(r) else f'{r:.2f}×'} |"
             )
         lines.append("")
