@@ -6,6 +6,7 @@ import socket
 
 import pytest
 
+from support import lookup_from
 from forklift import airflow_compat as compat
 from forklift.doctor import (
     FAIL,
@@ -20,10 +21,6 @@ from forklift.doctor import (
     check_subprocess_mode,
 )
 from forklift.settings import load_settings
-
-
-def lookup_from(values: dict[tuple[str, str], str]):
-    return lambda section, key: values.get((section, key))
 
 
 @pytest.mark.parametrize(

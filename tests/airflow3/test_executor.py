@@ -13,6 +13,7 @@ from airflow.executors.workloads.task import TaskInstanceDTO
 from airflow.utils.state import TaskInstanceState
 
 import forklift
+from support import wait_for_path
 from forklift import airflow_compat as compat
 from forklift.jobs import Command, ForkCall, Job
 from forklift.settings import ConfigError, RunMode
@@ -44,12 +45,12 @@ def test_importable_the_way_airflow_loads_it() -> None:
     assert cls is forklift.LocalExecutor
 
 
-@pytest.mark.parametrize("raw", ["-1", "lots", ""])
-def test_bad_parallelism_refused_at_construction(monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
+@pytest.mark.parametrize(("raw", "said"), [("-1", "= -1 is out of range"), ("lots", "= 'lots' is not a whole number"), ("", "is empty")])
+def test_bad_parallelism_refused_at_construction(monkeypatch: pytest.MonkeyPatch, raw: str, said: str) -> None:
     monkeypatch.setenv("AIRFLOW__FORKLIFT__PARALLELISM", raw)
     with pytest.raises(ConfigError, match=r"\[forklift\] parallelism") as err:
         forklift.LocalExecutor()
-    assert repr(raw) in str(err.value) or raw in str(err.value)
+    assert said in str(err.value), str(err.value)
 
 
 def test_constructed_the_way_a_team_executor_is(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -155,11 +156,6 @@ def test_slot_held_until_result(monkeypatch: pytest.MonkeyPatch, tmp_path) -> No
     assert not ex.running
 
 
-def _wait_for(path, timeout: float = 30) -> bool:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while not path.exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return path.exists()
 
 
 @pytest.mark.forklift(parallelism=2, prefetch_multiplier=2)
@@ -181,13 +177,14 @@ def test_prefetched_work_starts_without_waiting_for_the_scheduler(
         ex.heartbeat()
         assert len(ex.running) == 4 and len(ex.queued_tasks) == 1 and ex.slots_available <= 0
         started = [tmp_path / f"t{i}.started" for i in range(4)]
-        assert _wait_for(started[0]) and _wait_for(started[1])
+        wait_for_path(started[0])
+        wait_for_path(started[1])
         assert not started[2].exists() and not started[3].exists()  # only 2 workers
         # A task held ready is withdrawn without ever starting.
         ex.revoke_task(ti=workloads[3].ti)
         assert workloads[3].key not in ex.running
         (tmp_path / "t0").unlink()  # t0 ends; no heartbeat, no sync: t2 must start on its own
-        assert _wait_for(started[2]), "a prefetched task waited for the scheduler"
+        wait_for_path(started[2])
         (tmp_path / "t1").unlink()
         deadline = time.monotonic() + 30
         while len(ex.running) > 1 and time.monotonic() < deadline:
@@ -213,7 +210,7 @@ def test_a_key_queued_again_while_its_run_is_live_is_held_not_refused(monkeypatc
         GATES["resumed"] = str(gate)
         ex.queue_workload(first, session=None)
         ex.heartbeat()
-        assert _wait_for(tmp_path / "resumed.started")
+        wait_for_path(tmp_path / "resumed.started")
         again = first.model_copy()  # same TaskInstanceKey
         second_gate = tmp_path / "resumed-again"
         second_gate.touch()
@@ -230,7 +227,7 @@ def test_a_key_queued_again_while_its_run_is_live_is_held_not_refused(monkeypatc
             time.sleep(0.02)
         assert [state for state, _ in events] == [TaskInstanceState.SUCCESS]
         assert first.key in ex.running, "the held run holds the key's slot once the first is reported"
-        assert _wait_for(tmp_path / "resumed-again.started"), "the held run started after the first ended"
+        wait_for_path(tmp_path / "resumed-again.started")
         second_gate.unlink()
         deadline = time.monotonic() + 30
         while first.key in ex.running and time.monotonic() < deadline:
@@ -294,7 +291,7 @@ def test_defaults_hold_tasks_ready_without_counting_them_against_core_parallelis
         ex.heartbeat()
         assert ex.slots_occupied == 2, "held ready before any task was seen to end"
         for w in first:
-            assert _wait_for(tmp_path / f"{w.ti.task_id}.started")
+            wait_for_path(tmp_path / f"{w.ti.task_id}.started")
             (tmp_path / w.ti.task_id).unlink()
         deadline = time.monotonic() + 30
         while ex.running and time.monotonic() < deadline:
@@ -313,7 +310,8 @@ def test_defaults_hold_tasks_ready_without_counting_them_against_core_parallelis
         # ready are uncounted, 8 when everything counts.
         assert ex.slots_occupied == (2 if held_uncounted else 8)
         started = [tmp_path / f"t{i}.started" for i in range(8)]
-        assert _wait_for(started[0]) and _wait_for(started[1])
+        wait_for_path(started[0])
+        wait_for_path(started[1])
         ex.sync()
         assert sum(p.exists() for p in started) == 2, "more tasks ran than [core] parallelism"
     finally:

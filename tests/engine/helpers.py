@@ -27,13 +27,13 @@ def wait_for_results(strategy: _Strategy, keys: set[Hashable], timeout: float = 
     return final
 
 
-def wait_for_file(path: Path, timeout: float = 30) -> str:
+def wait_for_running(strategy: _Strategy, *keys: Hashable, timeout: float = 30) -> None:
+    """Poll until every key has reported RUNNING (its other results are dropped)."""
+    waiting = set(keys)
     deadline = time.monotonic() + timeout
-    while not path.exists():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{path} did not appear within {timeout} s")
-        time.sleep(0.01)
-    return path.read_text()
+    while waiting:
+        assert time.monotonic() < deadline, f"{sorted(map(str, waiting))} did not start within {timeout} s"
+        waiting -= {r.key for r in strategy.poll(timeout=0.2) if r.state == RUNNING}
 
 
 def descendants() -> set[int]:

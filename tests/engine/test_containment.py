@@ -11,7 +11,8 @@ import psutil
 import pytest
 
 import jobfns
-from helpers import wait_for_file, wait_for_results
+from helpers import wait_for_results
+from support import gone, wait_for_path
 from forklift.jobs import FAILED, SUCCESS, Command, ForkCall, Job
 from forklift.strategies import make_strategy
 
@@ -26,13 +27,6 @@ DETACH = (
     "    os._exit(0)\n"
     "os.wait()\n"
 )
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 @pytest.mark.parametrize("parallelism", [0, 2], ids=["unlimited", "limited"])
@@ -51,7 +45,7 @@ def test_a_detached_sleeper_is_stopped_when_its_task_ends(tmp_path: Path, parall
         result = wait_for_results(engine, {"detacher"})["detacher"]
         ended = time.monotonic()
         assert result.state == SUCCESS, result
-        sleeper = int(wait_for_file(pidfile))
+        sleeper = int(wait_for_path(pidfile))
         while not gone(sleeper):
             assert time.monotonic() - ended < kill_grace + 1, f"the detached sleep {sleeper} still runs"
             time.sleep(0.05)
@@ -105,7 +99,7 @@ def test_a_key_queued_again_after_its_run_ended_unread(tmp_path: Path) -> None:
     engine.start()
     try:
         engine.submit(Job("k", ForkCall(jobfns.span, (str(out), "first", 0)), title="k"))
-        wait_for_file(out)  # it ran; its result sits unread on the queue
+        wait_for_path(out)  # it ran; its result sits unread on the queue
         time_ran = out.stat().st_mtime
         engine.submit(Job("k", ForkCall(jobfns.span, (str(out), "second", 0)), title="k"))
         assert engine.waiting("k")

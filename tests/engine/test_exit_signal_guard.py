@@ -7,12 +7,16 @@ SystemExit. Without the guard the handler waits forever for the lock its own thr
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
+from support import main_thread_wchan
 import pytest
 
 structlog = pytest.importorskip("structlog")  # Airflow 3's logging; it comes with the test environment
@@ -83,18 +87,30 @@ def test_sigterm_inside_a_log_write_still_exits(tmp_path: Path, load: str) -> No
 
 
 def test_control_without_the_guard_the_handler_deadlocks(tmp_path: Path) -> None:
-    """Shows the scenario really deadlocks, so the test above can fail."""
-    hung = 0
+    """Shows the scenario really deadlocks, so the test above can fail. The log is a pipe nobody reads,
+    so the loop is certain to be inside a write (holding the logger's lock) when the signal lands."""
     for trial in range(3):
-        proc = _start("bare", tmp_path / f"bare-{trial}.log")
-        proc.send_signal(signal.SIGTERM)
+        fifo = tmp_path / f"bare-{trial}.fifo"
+        os.mkfifo(fifo)
+        reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # lets the writer open it; never read
         try:
-            proc.wait(timeout=CONTROL_WAIT)
-        except subprocess.TimeoutExpired:
-            hung += 1
+            proc = _start("bare", fifo)
+            deadline = time.monotonic() + 30
+            while "pipe_write" not in main_thread_wchan(proc.pid):
+                assert time.monotonic() < deadline, f"the loop never blocked on its full log pipe: {main_thread_wchan(proc.pid)!r}"
+                time.sleep(0.01)
+            proc.send_signal(signal.SIGTERM)
+            # From now on the pipe is read, so a hang is the lock's doing, not the full pipe's.
+            os.set_blocking(reader, True)
+            drain = threading.Thread(target=lambda: [None for _ in iter(lambda: os.read(reader, 65536), b"")], daemon=True)
+            drain.start()
+            with pytest.raises(subprocess.TimeoutExpired):
+                proc.wait(timeout=CONTROL_WAIT)  # the handler waits for the lock its own thread holds
             proc.kill()
             proc.wait()
-    assert hung >= 1, "the unguarded handler never deadlocked: the scenario no longer reproduces the hang"
+            drain.join(timeout=10)
+        finally:
+            os.close(reader)
 
 
 def test_forked_child_runs_the_handler_unchanged(tmp_path: Path) -> None:

@@ -16,7 +16,8 @@ import psutil
 import pytest
 
 import jobfns
-from helpers import descendants, wait_for_file, wait_for_results
+from helpers import descendants, wait_for_results
+from support import gone, wait_for_path, wait_gone
 from forklift.jobs import FAILED, RUNNING, SUCCESS, Command, ForkCall, Job
 from forklift.shutdown import SecondSignal
 from forklift.strategies import LimitedParallelism, UnlimitedParallelism, _Strategy, make_strategy
@@ -26,20 +27,6 @@ pytestmark = pytest.mark.timeout(120)
 
 def job(key: str, func, *args, **kw) -> Job:  # noqa: ANN001
     return Job(key, ForkCall(func, args), title=key, **kw)
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def wait_gone(pids: list[int], timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while not all(gone(p) for p in pids):
-        assert time.monotonic() < deadline, f"still alive after {timeout} s: {[p for p in pids if not gone(p)]}"
-        time.sleep(0.05)
 
 
 def running_pid(strategy: _Strategy, key: str) -> tuple[int, int]:
@@ -194,7 +181,7 @@ class TestHardTimeout:
     @pytest.mark.parametrize(("ignore_term", "stopped_by"), [(False, "SIGTERM"), (True, "SIGKILL")])
     def test_parent_stops_a_task_past_its_deadline(self, strategy: _Strategy, tmp_path: Path, ignore_term: bool, stopped_by: str) -> None:
         strategy.submit(job("slow", jobfns.hang, str(tmp_path / "pid"), ignore_term, timeout=0.5))
-        pid = int(wait_for_file(tmp_path / "pid"))
+        pid = int(wait_for_path(tmp_path / "pid"))
         result = wait_for_results(strategy, {"slow"})["slow"]
         assert result.state == FAILED
         assert result.info.startswith("timed out: still running 0.5 s after it started")
@@ -275,7 +262,7 @@ class TestShutdown:
         )
         owner = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).parent)
         try:
-            pids = [int(p) for p in wait_for_file(pidfile, timeout=60).split()]
+            pids = [int(p) for p in wait_for_path(pidfile, timeout=60).split()]
             pids += [int(p) for p in (tmp_path / "task").read_text().split()]
             owner.kill()
             owner.wait(10)

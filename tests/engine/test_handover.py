@@ -20,6 +20,7 @@ import psutil
 import pytest
 
 from helpers import wait_for_results
+from support import alive, wait_gone
 from forklift.handover import ProcessId, RecordsDir, TaskRecord, boot_id
 from forklift.jobs import FAILED, SUCCESS
 from forklift.strategies import make_strategy
@@ -53,21 +54,6 @@ class Stub:
         if not self.out.exists():
             return []
         return [line for line in self.out.read_text().splitlines() if line.split()[0] == key]
-
-
-def alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def wait_gone(pids: list[int], timeout: float) -> float:
-    started = time.monotonic()
-    while any(alive(p) for p in pids):
-        assert time.monotonic() - started < timeout, f"still alive after {timeout} s: {[p for p in pids if alive(p)]}"
-        time.sleep(0.05)
-    return time.monotonic() - started
 
 
 @pytest.fixture

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from support import lookup_from
 from forklift.settings import MAX_PARALLELISM, ConfigError, RunMode, executor_names, holds_ready_beyond_cap, load_settings
-
-
-def lookup_from(values: dict[tuple[str, str], str]):
-    return lambda section, key: values.get((section, key))
 
 
 def test_forklift_parallelism_wins_over_core() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import psutil
 import pytest
 
@@ -61,6 +63,11 @@ def test_soak(parallelism: int) -> None:
                 final[result.key] = result.state
                 if len(final) % 100 == 0:
                     samples.append(sample(parallelism, s))
+        # All read: a LocalWorker leaves with its task, a QueuedLocalWorker stays; none is left unreaped.
+        deadline = time.monotonic() + 30
+        while len(s.worker_pids()) > parallelism and time.monotonic() < deadline:
+            s.poll(timeout=0.05)
+        drained = sample(parallelism, s)
     finally:
         s.end(timeout=30)
     assert len(final) == JOBS and set(final.values()) == {SUCCESS}
@@ -70,8 +77,12 @@ def test_soak(parallelism: int) -> None:
         assert {s["workers"] for s in samples} == {parallelism}
     else:
         assert max(s["workers"] for s in samples) <= WINDOW
-    assert max(s["fds"] for s in late) <= max(s["fds"] for s in early) + 4
+    # Each live LocalWorker holds a few fds, and how many are live at a sample varies with load: compare
+    # the pool's steady state for LimitedParallelism, and the drained engine for UnlimitedParallelism.
+    if parallelism:
+        assert max(s["fds"] for s in late) <= max(s["fds"] for s in early) + 4
+    assert drained["fds"] <= max(s["fds"] for s in early) + 4, drained
     assert max(s["zombies"] for s in samples) <= WINDOW  # reaped every poll: never piling up
-    assert late[-1]["zombies"] <= 2 if parallelism else True
+    assert drained["workers"] == parallelism and drained["zombies"] == 0, drained
     assert max(s["rss_mib"] for s in late) <= max(s["rss_mib"] for s in early) + 20
     assert max(s["workers_rss_mib"] for s in late) <= max(s["workers_rss_mib"] for s in early) * 1.1 + 20

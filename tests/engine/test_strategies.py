@@ -11,8 +11,9 @@ from pathlib import Path
 import jobfns
 import psutil
 import pytest
-from helpers import descendants, wait_for_file, wait_for_results
+from helpers import descendants, wait_for_results, wait_for_running
 
+from support import wait_for_path
 from forklift.jobs import FAILED, RUNNING, SUCCESS, Command, ForkCall, Job
 from forklift.strategies import LimitedParallelism, UnlimitedParallelism, _Strategy, make_strategy
 from forklift.testing.measure import peak_overlap
@@ -186,11 +187,6 @@ class TestLimited:
         assert descendants() - before == set()
 
 
-def wait_for_running(strategy: _Strategy, key: str) -> None:
-    while True:
-        for r in strategy.poll(timeout=0.2):
-            if r.key == key and r.state == RUNNING:
-                return
 
 
 class TestUnlimited:
@@ -227,7 +223,7 @@ class TestShutdown:
             s.start()
             pidfile = tmp_path / f"pids{parallelism}"
             s.submit(fork_job("hangs", jobfns.hang_with_child, str(pidfile)))
-            pids = [int(p) for p in wait_for_file(pidfile).split()]
+            pids = [int(p) for p in wait_for_path(pidfile).split()]
             results = s.end(timeout=0.5)
             final = [r for r in results if r.state != RUNNING]
             assert [(r.key, r.state) for r in final] == [("hangs", FAILED)]
@@ -239,7 +235,7 @@ class TestShutdown:
     def test_terminate_reports_unfinished_work(self, strategy: _Strategy, tmp_path: Path) -> None:
         pidfile = tmp_path / "pids"
         strategy.submit(fork_job("hangs", jobfns.hang_with_child, str(pidfile)))
-        wait_for_file(pidfile)
+        wait_for_path(pidfile)
         results = strategy.terminate()
         assert [(r.key, r.state) for r in results if r.state != RUNNING] == [("hangs", FAILED)]
 
@@ -318,11 +314,7 @@ def test_ready_budget_follows_the_pace_of_recent_tasks(tmp_path: Path) -> None:
             os.mkfifo(fifo)
             fifos.append(fifo)
             s.submit(fork_job(f"long{i}", jobfns.wait_for_gate, str(fifo), str(tmp_path / f"long{i}"), "x"))
-        running: set[str] = set()
-        deadline = time.monotonic() + 30
-        while len(running) < 2:
-            assert time.monotonic() < deadline, f"the long tasks did not start: {running}"
-            running |= {str(r.key) for r in s.poll(timeout=0.2) if r.state == RUNNING}
+        wait_for_running(s, "long0", "long1")
         # Both workers are busy; once their tasks have run past the horizon, nothing is worth holding.
         horizon = 0.3
         deadline = time.monotonic() + 30

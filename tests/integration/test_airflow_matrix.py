@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from forklift.testing.measure import peak_overlap
-from forklift.testing.stack import AirflowStack
+from forklift.testing.stack import AirflowStack, StackError
 
 pytestmark = pytest.mark.integration
 
@@ -87,12 +87,9 @@ def peak_concurrency(spans_dir: Path) -> int:
 
 
 def _scheduler_tree(stack: AirflowStack) -> list[psutil.Process]:
-    comp = stack._components.get("scheduler")
-    if comp is None:
-        return []
     try:
-        return psutil.Process(comp.proc.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
+        return psutil.Process(stack.process("scheduler").pid).children(recursive=True)
+    except (StackError, psutil.NoSuchProcess):
         return []
 
 

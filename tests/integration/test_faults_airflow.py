@@ -15,6 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from support import main_thread_wchan
 from forklift.testing.stack import AirflowStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -46,11 +47,10 @@ def wait_for_ti(stack: AirflowStack, dag_id: str, run_id: str, states: set[str],
 
 def forklift_processes(stack: AirflowStack) -> list[psutil.Process]:
     """forklift's workers, manager and task processes (and everything in the tasks' groups)."""
-    comp = stack._components.get("scheduler")
-    assert comp is not None
+    scheduler = stack.process("scheduler")
     found: dict[int, psutil.Process] = {}
     task_groups = set()
-    for proc in psutil.Process(comp.proc.pid).children(recursive=True):
+    for proc in psutil.Process(scheduler.pid).children(recursive=True):
         try:
             line = " ".join(proc.cmdline())
             if "-- forklift" in line:
@@ -197,21 +197,21 @@ def test_sigterm_shutdown_is_bounded(stack: AirflowStack, out: Path, second_sign
     stack.start_scheduler(
         {"AIRFLOW__FORKLIFT__PARALLELISM": "2", "AIRFLOW__FORKLIFT__SHUTDOWN_TIMEOUT": timeout, "AIRFLOW__FORKLIFT__KILL_GRACE": "2"}
     )
-    comp = stack._components["scheduler"]
+    scheduler = stack.process("scheduler")
     stack.trigger("forklift_fault_sleeper", f"term_{second_signal}", {"out_dir": str(out)})
     wait_for(out / "started.json")
     procs = forklift_processes(stack)
     # The stack's scheduler log spans every scheduler it started: count, don't just look.
     before = stack.log_tail("scheduler", chars=10**8).count("Shutting down forklift")
     started = time.monotonic()
-    os.kill(comp.proc.pid, signal.SIGTERM)
+    os.kill(scheduler.pid, signal.SIGTERM)
     if second_signal:
         deadline = time.monotonic() + 30
         while stack.log_tail("scheduler", chars=10**8).count("Shutting down forklift") == before:
             assert time.monotonic() < deadline, "the executor never began shutting down"
             time.sleep(0.1)
-        os.kill(comp.proc.pid, signal.SIGTERM)
-    code = comp.proc.wait(timeout=120)
+        os.kill(scheduler.pid, signal.SIGTERM)
+    code = scheduler.wait(timeout=120)
     took = time.monotonic() - started
     print(f"\nSIGTERM{' ×2' if second_signal else ''} with a task running: scheduler exited in {took:.1f} s")
     stack.stop_component("scheduler")
@@ -257,13 +257,6 @@ def test_task_queued_timeout_revokes_stuck_work(stack: AirflowStack, out: Path) 
         assert stack.stopped_cleanly("scheduler", code), stack.log_tail("scheduler")
 
 
-def _main_thread_wchan(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/task/{pid}/wchan").read_text()
-    except OSError:
-        return ""
-
-
 def test_sigterm_while_the_scheduler_is_writing_a_log_line(stack: AirflowStack) -> None:
     """SIGTERM lands while the scheduler's main thread is inside a log write; the scheduler still stops.
 
@@ -281,25 +274,25 @@ def test_sigterm_while_the_scheduler_is_writing_a_log_line(stack: AirflowStack) 
         {"AIRFLOW__FORKLIFT__PARALLELISM": "2", "AIRFLOW__LOGGING__LOGGING_LEVEL": "DEBUG"}, stdout=write_fd
     )
     os.close(write_fd)
-    comp = stack._components["scheduler"]
+    scheduler = stack.process("scheduler")
     output = bytearray()
     try:
         # Read until forklift has started (its guard is installed then), then stop reading.
         deadline = time.monotonic() + 180
         while b"forklift started" not in output:
-            assert time.monotonic() < deadline and comp.proc.poll() is None, output[-3000:].decode(errors="replace")
+            assert time.monotonic() < deadline and scheduler.poll() is None, output[-3000:].decode(errors="replace")
             output += os.read(read_fd, 65536)
         # Wait until the main thread is blocked writing a log line into the full pipe.
         deadline = time.monotonic() + 120
-        while "pipe_write" not in _main_thread_wchan(comp.proc.pid):
-            assert time.monotonic() < deadline, f"the scheduler never blocked on its log pipe: {_main_thread_wchan(comp.proc.pid)!r}"
+        while "pipe_write" not in main_thread_wchan(scheduler.pid):
+            assert time.monotonic() < deadline, f"the scheduler never blocked on its log pipe: {main_thread_wchan(scheduler.pid)!r}"
             time.sleep(0.05)
 
-        os.kill(comp.proc.pid, signal.SIGTERM)
+        os.kill(scheduler.pid, signal.SIGTERM)
         drained = threading.Thread(target=lambda: _drain(read_fd, output), daemon=True)
         drained.start()
         try:
-            code = comp.proc.wait(timeout=60)
+            code = scheduler.wait(timeout=60)
         except subprocess.TimeoutExpired:
             raise AssertionError(
                 "the scheduler did not stop within 60 s of a SIGTERM that landed inside a log write:\n"
@@ -331,16 +324,16 @@ def test_sigterm_swallowed_by_a_finalizer_still_stops_the_scheduler(stack: Airfl
             "AIRFLOW__FORKLIFT__PARALLELISM": "2",
         }
     )
-    comp = stack._components["scheduler"]
+    scheduler = stack.process("scheduler")
     try:
         stack.trigger("forklift_quick", "finalizer_sigterm")
         deadline = time.monotonic() + 180
         while not mark.exists():
-            assert time.monotonic() < deadline and comp.proc.poll() is None, stack.log_tail("scheduler")
+            assert time.monotonic() < deadline and scheduler.poll() is None, stack.log_tail("scheduler")
             time.sleep(0.1)
-        os.kill(comp.proc.pid, signal.SIGTERM)
+        os.kill(scheduler.pid, signal.SIGTERM)
         try:
-            code = comp.proc.wait(timeout=60)
+            code = scheduler.wait(timeout=60)
         except subprocess.TimeoutExpired:
             raise AssertionError(
                 "the scheduler kept running after its exit was swallowed:\n" + stack.log_tail("scheduler")

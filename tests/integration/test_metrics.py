@@ -74,7 +74,7 @@ def test_forklift_metrics_reach_statsd(stack: AirflowStack) -> None:
         assert gauges and gauges[-1].split(":")[1].startswith("2|g"), gauges[-3:]
 
         # A worker dies (an OOM kill, say): counted, and replaced.
-        scheduler = psutil.Process(stack._components["scheduler"].proc.pid)
+        scheduler = psutil.Process(stack.process("scheduler").pid)
         workers = [p for p in scheduler.children(recursive=True) if "airflow worker -- forklift" in " ".join(p.cmdline())]
         assert len(workers) == 2
         os.kill(workers[0].pid, signal.SIGKILL)

@@ -20,6 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from support import still_alive
 from forklift.testing.stack import AirflowStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
@@ -124,17 +125,6 @@ def descendants(stack: AirflowStack, name: str = "scheduler") -> list[int]:
     return out
 
 
-def alive(pids: list[int]) -> list[int]:
-    out = []
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                out.append(pid)
-        except psutil.NoSuchProcess:
-            continue
-    return out
-
-
 def scheduler_env(parallelism: int, mode: str, **extra: str) -> dict[str, str]:
     return {
         "AIRFLOW__FORKLIFT__PARALLELISM": str(parallelism),
@@ -181,7 +171,7 @@ def finish_and_check(stack: AirflowStack, out: Path, run_id: str, label: str, fa
     )
     assert lag < 20, f"the run ended {lag:.1f} s after its last task"
     assert len(old) >= 4, f"expected the old scheduler's workers and tasks, found {old}"
-    wait_until(lambda: not alive(old), "the old scheduler's processes gone once their tasks ended", 15)
+    wait_until(lambda: not still_alive(old), "the old scheduler's processes gone once their tasks ended", 15)
     stack.stop_component("scheduler")
     wait_until(lambda: not forklift_processes(stack), "forklift processes gone after the run", 15)
 
@@ -201,7 +191,7 @@ def test_sigterm_restart_adopts_running_tasks(stack: AirflowStack, out: Path, pa
     code = stack.release_component("scheduler")
     stopped = time.monotonic() - started
     assert stack.stopped_cleanly("scheduler", code), stack.log_tail("scheduler")
-    assert alive(long_pids) == long_pids, "the long tasks must outlive the scheduler's SIGTERM"
+    assert still_alive(long_pids) == long_pids, "the long tasks must outlive the scheduler's SIGTERM"
     print(f"\nSIGTERM: scheduler exited in {stopped:.1f} s, its 3 long tasks still running")
 
     stack.start_scheduler(scheduler_env(parallelism, mode))
@@ -223,7 +213,7 @@ def test_sigkill_restart_default_thresholds(stack: AirflowStack, out: Path) -> N
     fault_at = time.time()
     stack.signal_component("scheduler", signal.SIGKILL)
     stack.release_component("scheduler")
-    assert alive(long_pids) == long_pids, "the long tasks must outlive a SIGKILLed scheduler"
+    assert still_alive(long_pids) == long_pids, "the long tasks must outlive a SIGKILLed scheduler"
     stack.start_scheduler(scheduler_env(4, "fork"))
     finish_and_check(stack, out, run_id, "SIGKILL + restart, default thresholds", fault_at, old)
 
@@ -262,7 +252,7 @@ def test_killed_scheduler_never_restarted_leaves_nothing(stack: AirflowStack, ou
     stack.signal_component("scheduler", signal.SIGKILL)
     stack.release_component("scheduler")
     # orphan_timeout 5 s + kill_grace 5 s (+ kill_grace for a supervisor to report), and slack.
-    took = wait_until(lambda: not alive(procs), "every process of the killed scheduler gone", 40)
+    took = wait_until(lambda: not still_alive(procs), "every process of the killed scheduler gone", 40)
     assert not forklift_processes(stack)
     print(f"\nSIGKILL, never restarted: tasks stopped and workers gone {took:.1f} s after the kill ({len(procs)} processes)")
     assert not [t for t, rs in runs(out).items() if t in LONG_TASKS and rs[0].end], "the 600 s tasks cannot have finished"
@@ -357,4 +347,4 @@ def test_two_schedulers_one_killed_the_other_adopts(two_schedulers, tmp_path: Pa
     lag = run_end.timestamp() - max(once[t].end or 0 for t in LONG_TASKS)
     print(f"DAG run success at +{run_end.timestamp() - fault_at:.1f} s, {lag:.1f} s after the last long task ended")
     assert lag < 20
-    wait_until(lambda: not alive(old), f"{victim}'s processes gone once their tasks ended", 15)
+    wait_until(lambda: not still_alive(old), f"{victim}'s processes gone once their tasks ended", 15)
