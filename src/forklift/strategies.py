@@ -257,7 +257,8 @@ class _Strategy:
     def revoke(self, key: Hashable) -> str:
         """Withdraw ``key`` if it has not started, stop its process group if it has.
 
-        Returns ``"withdrawn"``, ``"stopped"`` or ``"unknown"``. Nothing more is reported for it.
+        Returns ``"withdrawn"``, ``"stopped"``, ``"stopped when it starts"`` (a worker has taken it and
+        not yet said RUNNING) or ``"unknown"``. Nothing more is reported for it.
         """
         self._submitted.pop(key, None)
         if self._held_behind.pop(key, None) is not None:
@@ -282,7 +283,7 @@ class _Strategy:
         if dispatch.task_pid:
             self._stop_group(dispatch.task_pid)
             return "stopped"
-        return "withdrawn"  # handed to a worker but not started: stopped the moment it says RUNNING
+        return "stopped when it starts"  # a worker has taken it but not started it yet
 
     def end(
         self, timeout: float, escalate: Callable[[], bool] = lambda: False, *, leave_running: bool = False
@@ -589,7 +590,8 @@ class _Strategy:
             return False
         if result.seq in self._revoked:
             if result.state == RUNNING and result.info:
-                self._stop_group(result.info)  # revoked before it started: stop it now
+                log.info("forklift: %s was revoked before it started; stopping its process group %d", result.key, result.info)
+                self._stop_group(result.info)
             else:
                 self._revoked.discard(result.seq)
                 self._forget_record(result.key)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -19,6 +20,16 @@ from support import main_thread_wchan
 from forklift.testing.stack import AirflowStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+
+STOPPED_ON_START = re.compile(r"was revoked before it started; stopping its process group (\d+)")
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
 
 
 def wait_for(path: Path, timeout: float = 120) -> dict:
@@ -243,10 +254,22 @@ def test_task_queued_timeout_revokes_stuck_work(stack: AirflowStack, out: Path) 
         print(f"\nstuck in queued: revoked and FAILED by the scheduler {took:.1f} s after the trigger")
         log = stack.log_tail("scheduler", chars=10**7)
         assert "forklift: revoked" in log
+        # Copies the frozen worker had already taken are stopped the moment they start: wait for each
+        # stop and for its process group to be gone; a copy not stopped would leave its mark first.
+        taken = log.count("(stopped when it starts)")
         for p in frozen:
-            p.resume()  # the stale copies it now picks up are stopped on sight, never run to the end
-        time.sleep(7)  # longer than the task's own 5 s before it would leave its mark
-        assert not (out / "ran_to_the_end").exists()
+            p.resume()
+        deadline = time.monotonic() + 60
+        while len(stopped := STOPPED_ON_START.findall(stack.log_tail("scheduler", chars=10**7))) < taken:
+            assert time.monotonic() < deadline, f"{taken} taken copies, {len(stopped)} stopped on start"
+            time.sleep(0.1)
+        groups = {int(pgid) for pgid in stopped}
+        deadline = time.monotonic() + 30
+        while members := [p.pid for p in psutil.process_iter() if _pgid(p.pid) in groups]:
+            assert time.monotonic() < deadline, f"revoked copies still running: {members}"
+            time.sleep(0.1)
+        print(f"{taken} revoked copies had been taken by the frozen worker; all stopped on start")
+        assert not (out / "ran_to_the_end").exists(), "a revoked copy ran to the end"
     finally:
         for p in frozen:
             try:
