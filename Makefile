@@ -7,11 +7,12 @@ AIRFLOW_LINE ?= 3
 
 VENV3 := .venv-airflow3
 VENV2 := .venv-airflow2
+VENVL := .venv-lint
 PY3 := $(VENV3)/bin/python
 PY2 := $(VENV2)/bin/python
 DEMO_PY := $(if $(filter 2,$(AIRFLOW_LINE)),$(PY2),$(PY3))
 
-.PHONY: demo test test-airflow3 test-airflow2 bench docs venv venv2 lock-airflow3 lock-airflow2 clean
+.PHONY: demo test test-airflow3 test-airflow2 lint system-deps bench docs venv venv2 lock-airflow3 lock-airflow2 clean
 
 venv: $(VENV3)/.installed
 venv2: $(VENV2)/.installed
@@ -31,13 +32,39 @@ $(VENV3)/.installed: requirements/airflow-3.3.txt pyproject.toml
 $(VENV2)/.installed: requirements/airflow-2.11.txt pyproject.toml
 	$(call make_venv,$(VENV2),requirements/airflow-2.11.txt)
 
-demo: $(if $(filter 2,$(AIRFLOW_LINE)),venv2,venv)
+$(VENVL)/.installed: requirements/lint.txt
+	$(PYTHON) -m venv $(VENVL)
+	$(VENVL)/bin/python -m pip install --quiet -r requirements/lint.txt
+	touch $@
+
+# Format, lint and type-check (src/ strictly); a red lint is a red build. `ruff format .` fixes the first.
+lint: $(VENVL)/.installed
+	$(VENVL)/bin/ruff format --check --quiet . || { echo "make lint: run '$(VENVL)/bin/ruff format .'"; exit 1; }
+	$(VENVL)/bin/ruff check .
+	$(VENVL)/bin/mypy
+
+# What the integration tests start besides Airflow: PostgreSQL (Airflow 2, two schedulers on one DB) and
+# Redis (the Celery hand-off). Installed with apt-get where that is possible (CI runs as root on Debian);
+# elsewhere, this says what to install. forklift's test helpers themselves never install anything.
+system-deps:
+	@need=""; \
+	{ command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } || need="$$need postgresql"; \
+	command -v redis-server >/dev/null || need="$$need redis-server"; \
+	if [ -n "$$need" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing:$$need"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$need >/dev/null; \
+	  else echo "missing system packages:$$need; install them (e.g. sudo apt-get install$$need)"; exit 1; fi; \
+	fi
+
+demo: $(if $(filter 2,$(AIRFLOW_LINE)),venv2 system-deps,venv)
 	$(DEMO_PY) examples/demo.py $(if $(COMPARE),--compare) $(if $(PARALLELISM),--parallelism $(PARALLELISM)) $(if $(RUN_MODE),--run-mode $(RUN_MODE))
 
 # forklift against Airflow's own LocalExecutor, same machine, same run (AIRFLOW_LINE=2: Airflow 2.11 on
 # PostgreSQL). Prints the table and the targets; writes benchmarks/results/. BENCH_ARGS: see --help.
 BENCH_ARGS ?=
-bench: $(if $(filter 2,$(AIRFLOW_LINE)),venv2,venv)
+bench: $(if $(filter 2,$(AIRFLOW_LINE)),venv2 system-deps,venv)
 	$(DEMO_PY) -m pip install --quiet -r requirements/bench.txt
 	$(DEMO_PY) benchmarks/bench.py $(BENCH_ARGS)
 
@@ -47,13 +74,14 @@ docs: venv
 	$(PY3) -m pip install --quiet -r requirements/docs.txt
 	NO_MKDOCS_2_WARNING=1 $(PY3) -m mkdocs build --strict --quiet
 
-# The whole suite: the engine once, then the adapter and the real-Airflow tests on each line; and the docs.
-test: test-airflow3 test-airflow2 docs
+# The whole suite: lint and types, the engine once, then the adapter and the real-Airflow tests on each
+# line; and the docs.
+test: lint test-airflow3 test-airflow2 docs
 
-test-airflow3: venv
+test-airflow3: venv system-deps
 	$(PY3) -m pytest tests/engine tests/adapter tests/airflow3 tests/integration $(PYTEST_ARGS)
 
-test-airflow2: venv2
+test-airflow2: venv2 system-deps
 	$(PY2) -m pytest tests/adapter tests/airflow2 tests/integration $(PYTEST_ARGS)
 
 # Re-pin a line's environment from what pip resolves today.
@@ -72,4 +100,4 @@ _lock:
 	rm -rf .venv-lock
 
 clean:
-	rm -rf $(VENV3) $(VENV2) .pytest_cache build src/*.egg-info
+	rm -rf $(VENV3) $(VENV2) $(VENVL) .pytest_cache .ruff_cache .mypy_cache build src/*.egg-info

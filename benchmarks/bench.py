@@ -25,13 +25,13 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import e2e_bench  # noqa: E402
-import engine_bench  # noqa: E402
-import report  # noqa: E402
-
 from forklift import __version__  # noqa: E402
 from forklift.testing.postgres import PostgresServer  # noqa: E402
 from forklift.testing.stack import AirflowStack, airflow_major  # noqa: E402
+
+import e2e_bench  # noqa: E402
+import engine_bench  # noqa: E402
+import report  # noqa: E402
 
 
 def configs(parallelisms: list[int]) -> list[e2e_bench.Config]:
@@ -57,14 +57,19 @@ def parse_env(pairs: list[str]) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=int(os.environ.get("BENCH_RUNS", "3")), help="runs per configuration (≥ 3)")
+    parser.add_argument(
+        "--runs", type=int, default=int(os.environ.get("BENCH_RUNS", "3")), help="runs per configuration (≥ 3)"
+    )
     parser.add_argument("--parallelism", default="4,32,0", help="comma-separated; 0 runs forklift only")
     parser.add_argument("--dags", default="python,bash", help="comma-separated: python, bash")
     parser.add_argument("--skip-e2e", action="store_true", help="engine benchmarks only")
     parser.add_argument("--skip-engine", action="store_true", help="end-to-end benchmarks only")
     parser.add_argument("--quick", action="store_true", help="fewer engine samples (for a smoke run)")
     parser.add_argument(
-        "--forklift-env", action="append", default=[], metavar="AIRFLOW__FORKLIFT__KEY=VALUE",
+        "--forklift-env",
+        action="append",
+        default=[],
+        metavar="AIRFLOW__FORKLIFT__KEY=VALUE",
         help="extra forklift setting for its scheduler runs (repeatable), e.g. to compare prefetch values",
     )
     parser.add_argument("--out", type=Path, default=HERE / "results")
@@ -101,7 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         print("engine benchmarks (no scheduler) …", flush=True)
         result["engine"] = engine_bench.run(major, quick=args.quick)
     if not args.skip_e2e:
-        print(f"end to end on Airflow {airflow.__version__}: {args.runs} run(s) × {len(configs(parallelisms))} configurations …", flush=True)
+        print(
+            f"end to end on Airflow {airflow.__version__}: {args.runs} run(s) × {len(configs(parallelisms))} configurations …",
+            flush=True,
+        )
         result["runs"] = run_e2e(args.runs, configs(parallelisms), dags, extra_env, major, keep_home=args.keep_home)
         result["summary"] = report.summarize(result["runs"])
     result["meta"]["load_after"] = list(os.getloadavg())
@@ -121,13 +129,21 @@ def main(argv: list[str] | None = None) -> int:
     png = args.out / f"latest-airflow{major}.png"
     if report.chart(result, png):
         written.append(png)
-    print("written: " + ", ".join(str(p.relative_to(Path.cwd()) if p.is_relative_to(Path.cwd()) else p) for p in written))
+    print(
+        "written: " + ", ".join(str(p.relative_to(Path.cwd()) if p.is_relative_to(Path.cwd()) else p) for p in written)
+    )
     print(f"(benchmark took {result['meta']['took_s']} s)")
     return 0
 
 
 def run_e2e(
-    runs: int, cfgs: list[e2e_bench.Config], dags: list[str], extra_env: dict[str, str], major: int, *, keep_home: bool = False
+    runs: int,
+    cfgs: list[e2e_bench.Config],
+    dags: list[str],
+    extra_env: dict[str, str],
+    major: int,
+    *,
+    keep_home: bool = False,
 ) -> list[dict[str, Any]]:
     home = Path(tempfile.mkdtemp(prefix="forklift-bench-"))
     if keep_home:

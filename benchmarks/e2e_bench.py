@@ -55,11 +55,17 @@ class Config:
         if self.executor == "forklift-defaults":
             # What a user has who only names the executor: [core] parallelism, the same value Airflow's
             # own gets, and nothing in [forklift].
-            return {"AIRFLOW__CORE__EXECUTOR": "forklift.LocalExecutor", "AIRFLOW__CORE__PARALLELISM": str(self.parallelism)}
+            return {
+                "AIRFLOW__CORE__EXECUTOR": "forklift.LocalExecutor",
+                "AIRFLOW__CORE__PARALLELISM": str(self.parallelism),
+            }
         # forklift's workers come from [forklift] parallelism. [core] parallelism caps everything the
         # scheduler queues; it is set as forklift's README says (≥ workers × prefetch_multiplier), and
         # left at Airflow's default 32 for parallelism 0.
-        env = {"AIRFLOW__CORE__EXECUTOR": "forklift.LocalExecutor", "AIRFLOW__FORKLIFT__PARALLELISM": str(self.parallelism)}
+        env = {
+            "AIRFLOW__CORE__EXECUTOR": "forklift.LocalExecutor",
+            "AIRFLOW__FORKLIFT__PARALLELISM": str(self.parallelism),
+        }
         env.update(extra)
         if self.parallelism:
             multiplier = int(env.get("AIRFLOW__FORKLIFT__PREFETCH_MULTIPLIER", "4"))
@@ -193,7 +199,10 @@ def _wave(stack: AirflowStack, rows: list[Any], dag_id: str, run_id: str, parall
     ends = [(reads[r.task_id] - _utc(r.end)).total_seconds() for r in rows if r.task_id in reads and r.end]
     read_times = sorted(reads.values())
     queued = sorted(_utc(r.queued) for r in rows if r.queued)
-    later = [(queued[i + parallelism] - read_times[i]).total_seconds() for i in range(min(len(read_times), len(queued) - parallelism))]
+    later = [
+        (queued[i + parallelism] - read_times[i]).total_seconds()
+        for i in range(min(len(read_times), len(queued) - parallelism))
+    ]
     return {
         "end_to_read_p50_s": statistics.median(ends) if ends else nan,
         "read_to_queued_p50_s": statistics.median(later) if parallelism > 0 and later else nan,
@@ -210,7 +219,9 @@ def _slot_gap_p50(spans: list[tuple[Any, Any]], parallelism: int) -> float:
     return statistics.median(gaps)
 
 
-def run_session(stack: AirflowStack, config: Config, run: int, dags: list[str], extra_env: dict[str, str]) -> list[RunResult]:
+def run_session(
+    stack: AirflowStack, config: Config, run: int, dags: list[str], extra_env: dict[str, str]
+) -> list[RunResult]:
     before = set(stack.scheduler_jobs_running())
     stack.start_scheduler(config.env(stack.major, extra_env))
     try:

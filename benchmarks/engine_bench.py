@@ -21,8 +21,9 @@ from typing import Any
 
 import psutil
 
-from forklift.jobs import RUNNING, Command, ForkCall, Job
-from forklift.strategies import _Dispatch, make_strategy
+from forklift.jobs import RUNNING, SUCCESS, Command, Finished, ForkCall, Job
+from forklift.ledger import Dispatch
+from forklift.strategies import EngineOptions, make_strategy
 from forklift.testing.measure import percentile
 
 #: What a task process needs before the task can run, per Airflow line (its Task SDK or CLI entry).
@@ -58,7 +59,7 @@ def dispatch_latency(mode: str, samples: int, task_import: str) -> list[float]:
     """Seconds from submit() to the task's first instruction, one job at a time (no queueing)."""
     latencies = []
     with tempfile.TemporaryDirectory() as tmp:
-        strategy = make_strategy(2, prefetch=0)
+        strategy = make_strategy(2, EngineOptions(prefetch=0))
         strategy.start()
         try:
             for i in range(samples):
@@ -92,7 +93,7 @@ def bare_interpreter_start(samples: int, task_import: str) -> list[float]:
 
 def throughput(parallelism: int, mode: str, items: int) -> float:
     """Trivial work items per second, all submitted at once."""
-    strategy = make_strategy(parallelism, prefetch=parallelism)
+    strategy = make_strategy(parallelism, EngineOptions(prefetch=parallelism))
     strategy.start()
     try:
         t0 = time.monotonic()
@@ -116,17 +117,17 @@ def sync_drain(results: int, repeats: int) -> list[float]:
         executor = forklift.LocalExecutor(parallelism=1)
         executor.start()
         try:
-            impl = executor.impl
-            assert impl is not None
+            strategy = executor.strategy
+            assert strategy is not None
             raws = []
             for i in range(results):
                 key = TaskInstanceKey("bench", f"task_{i}", "run", 1, -1)
-                dispatch = _Dispatch(Job(key=key, runnable=ForkCall(noop, ()), title="bench"))
-                impl._dispatched[key] = dispatch
+                dispatch = Dispatch(Job(key=key, runnable=ForkCall(noop, ()), title="bench"))
+                strategy._dispatched[key] = dispatch
                 executor.running.add(key)
-                raws.append((key, "success", "", 0, dispatch.seq))
+                raws.append(Finished(key, SUCCESS, "", 0, dispatch.seq))
             for raw in raws:  # as the workers would have put them
-                impl.result_queue.put(raw)
+                strategy.result_queue.put(raw)
             t0 = time.perf_counter()
             executor.sync()
             took = time.perf_counter() - t0
@@ -143,7 +144,7 @@ def idle_worker_uss(parallelism: int) -> list[float]:
     """MB of memory unique to each idle QueuedLocalWorker (what forking it really cost)."""
     import airflow.models  # noqa: F401 - load what a scheduler has loaded before it forks workers
 
-    strategy = make_strategy(parallelism, prefetch=0)
+    strategy = make_strategy(parallelism, EngineOptions(prefetch=0))
     strategy.start()
     try:
         # A worker is idle once it waits on the task queue: let each settle, then read it.

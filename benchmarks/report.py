@@ -8,7 +8,17 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-METRICS = ("wall_s", "q2r_p50_s", "q2r_p95_s", "duration_p50_s", "slot_gap_p50_s", "end_to_read_p50_s", "read_to_queued_p50_s", "peak_concurrency", "peak_pss_mb")
+METRICS = (
+    "wall_s",
+    "q2r_p50_s",
+    "q2r_p95_s",
+    "duration_p50_s",
+    "slot_gap_p50_s",
+    "end_to_read_p50_s",
+    "read_to_queued_p50_s",
+    "peak_concurrency",
+    "peak_pss_mb",
+)
 
 
 def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -27,7 +37,7 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "all_succeeded": all(r["succeeded"] == r["tasks"] for r in rs),
         }
         for m in METRICS:
-            values = [r[m] for r in rs if not math.isnan(r[m])]
+            values = [r[m] for r in rs if m in r and not math.isnan(r[m])]
             row[m] = {
                 "median": statistics.median(values) if values else math.nan,
                 "min": min(values, default=math.nan),
@@ -66,7 +76,12 @@ def targets(summary: list[dict[str, Any]], engine: dict[str, Any] | None, dags: 
         add(f"p=32 {dag}: wall ÷ Airflow's", ratio(summary, 32, dag, "wall_s"), 0.8, "×")
         add(f"p=32 {dag}: scheduler-tree PSS ÷ Airflow's", ratio(summary, 32, dag, "peak_pss_mb"), 1.0, "×")
         for p, limit in ((4, 0.5), (32, 0.8)):
-            add(f"defaults p={p} {dag}: wall ÷ Airflow's", ratio(summary, p, dag, "wall_s", "forklift-defaults"), limit, "×")
+            add(
+                f"defaults p={p} {dag}: wall ÷ Airflow's",
+                ratio(summary, p, dag, "wall_s", "forklift-defaults"),
+                limit,
+                "×",
+            )
             row = _find(summary, "forklift-defaults", p, dag)
             add(f"defaults p={p} {dag}: most running at once", row["peak_concurrency"]["max"] if row else math.nan, p)
     nan = math.nan
@@ -99,7 +114,11 @@ def markdown(result: dict[str, Any]) -> str:
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for row in summary:
-            r = ratio(summary, row["parallelism"], row["dag"], "wall_s", row["executor"]) if row["executor"] != "airflow" else math.nan
+            r = (
+                ratio(summary, row["parallelism"], row["dag"], "wall_s", row["executor"])
+                if row["executor"] != "airflow"
+                else math.nan
+            )
             lines.append(
                 f"| {row['config']}{'' if row['all_succeeded'] else ' ⚠ not all succeeded'} | {row['dag']} "
                 f"| {_cell(row['wall_s'], '.1f')} | {_cell(row['q2r_p50_s'], '.2f')} | {_cell(row['q2r_p95_s'], '.2f')} "
@@ -107,6 +126,23 @@ def markdown(result: dict[str, Any]) -> str:
                 f"| {_cell(row['peak_pss_mb'], '.0f')} | {'–' if math.isnan(r) else f'{r:.2f}×'} |"
             )
         lines.append("")
+        waves = [row for row in summary if row["parallelism"] > 0 and "end_to_read_p50_s" in row]
+        if waves:
+            lines += [
+                "Where a freed slot's time goes (medians of per-run p50s, s): a task's end → the scheduler reads it "
+                "(its slot is free) → the task that takes the slot is queued (negative: it was already, held "
+                "ready) → it runs; and the whole gap from one task's end to the next start in its slot.",
+                "",
+                "| executor | DAG | end → read | read → next queued | queued → running | slot gap |",
+                "|---|---|---|---|---|---|",
+            ]
+            for row in waves:
+                lines.append(
+                    f"| {row['config']} | {row['dag']} | {_cell(row['end_to_read_p50_s'], '.2f')} "
+                    f"| {_cell(row['read_to_queued_p50_s'], '.2f')} | {_cell(row['q2r_p50_s'], '.2f')} "
+                    f"| {_cell(row['slot_gap_p50_s'], '.2f')} |"
+                )
+            lines.append("")
     engine = result.get("engine")
     if engine:
         t = engine["throughput_per_s"]
@@ -145,7 +181,10 @@ def chart(result: dict[str, Any], path: Path) -> bool:
     configs = list(dict.fromkeys(r["config"] for r in summary))
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     width = 0.8 / max(1, len(dags))
-    for ax, metric, title in ((axes[0], "wall_s", "DAG run wall time (s)"), (axes[1], "q2r_p50_s", "queued → running p50 (s)")):
+    for ax, metric, title in (
+        (axes[0], "wall_s", "DAG run wall time (s)"),
+        (axes[1], "q2r_p50_s", "queued → running p50 (s)"),
+    ):
         for i, dag in enumerate(dags):
             xs, meds, lo, hi = [], [], [], []
             for j, config in enumerate(configs):
@@ -163,7 +202,9 @@ def chart(result: dict[str, Any], path: Path) -> bool:
         ax.set_title(title)
         ax.legend()
     meta = result["meta"]
-    fig.suptitle(f"forklift vs Airflow's LocalExecutor — Airflow {meta['airflow']}, 50 no-op tasks, {meta['cpus']} CPUs")
+    fig.suptitle(
+        f"forklift vs Airflow's LocalExecutor — Airflow {meta['airflow']}, 50 no-op tasks, {meta['cpus']} CPUs"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

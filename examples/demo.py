@@ -23,7 +23,9 @@ DAG_ID = "forklift_demo"
 DAGS = Path(__file__).resolve().parent / "dags"
 
 
-def run_once(stack: AirflowStack, executor: str, parallelism: int, mode: str, run_id: str) -> tuple[list[TaskRow], float]:
+def run_once(
+    stack: AirflowStack, executor: str, parallelism: int, mode: str, run_id: str
+) -> tuple[list[TaskRow], float]:
     env = {
         "AIRFLOW__CORE__EXECUTOR": executor,
         "AIRFLOW__FORKLIFT__PARALLELISM": str(parallelism),
@@ -86,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     home = Path(tempfile.mkdtemp(prefix="forklift-demo-"))
-    print(f"AIRFLOW_HOME={home}  (api-server, dag-processor and scheduler logs in {home / 'component-logs'})", flush=True)
+    print(
+        f"AIRFLOW_HOME={home}  (api-server, dag-processor and scheduler logs in {home / 'component-logs'})", flush=True
+    )
     columns: dict[str, dict[str, str]] = {}
     t0 = time.monotonic()
     database = None
@@ -114,7 +118,10 @@ def run_demo(args: argparse.Namespace, home: Path, columns: dict[str, dict[str, 
     import airflow
 
     with AirflowStack(home, DAGS, sql_alchemy_conn=db_url) as stack:
-        print(f"Airflow {airflow.__version__}: migrating the metadata DB ({'PostgreSQL' if db_url else 'SQLite'}) …", flush=True)
+        print(
+            f"Airflow {airflow.__version__}: migrating the metadata DB ({'PostgreSQL' if db_url else 'SQLite'}) …",
+            flush=True,
+        )
         stack.migrate()
         print("starting api-server and dag-processor …" if stack.major >= 3 else "serializing DAGs …", flush=True)
         stack.start_services()

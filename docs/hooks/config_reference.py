@@ -17,7 +17,13 @@ def _table() -> str:
 
     rows = ["| key | type | default | example | what it does |", "|---|---|---|---|---|"]
     for key, option in CONFIG_OPTIONS.items():
-        default = "(unset)" if option["default"] is None else f"`{option['default']}`" if option["default"] != "" else "(empty)"
+        default = (
+            "(unset)"
+            if option["default"] is None
+            else f"`{option['default']}`"
+            if option["default"] != ""
+            else "(empty)"
+        )
         env = f"AIRFLOW__FORKLIFT__{key.upper()}"
         rows.append(
             f"| `{key}`<br>`{env}` | {option['type']} | {default} | `{option['example']}` | {option['description']} |"

@@ -20,10 +20,14 @@ Data flow (LimitedParallelism, ``[forklift] parallelism = N``)::
                                                                         │     workload JSON on stdin
                                                                         │ (own process group per task)
       sync()                                                          ▼
-        strategy.poll() ◄─── result_queue ◄── Result(key, RUNNING, task_pid)
-          reads without blocking          ◄── Result(key, SUCCESS | FAILED, reason)
+        strategy.poll() ◄─── result_queue ◄── Started(key, task_pid)
+          reads without blocking          ◄── Finished(key, SUCCESS | FAILED, reason, cause)
           dead worker? → FAILED + replacement
         success()/fail()/change_state()  → event buffer → scheduler (slot released)
+
+    slots_occupied (what the scheduler counts against [core] parallelism): as the scheduler's only
+    executor, forklift leaves out the held-ready tasks a worker should take within READY_HORIZON,
+    so N workers keep at most N running and a freed worker never waits for the scheduler's loop.
 
     start(): Task SDK caches and preload_modules filled once, gc.freeze(), N workers forked
     end(): pending and held-ready withdrawn → poison pill per worker → wait ≤ shutdown_timeout
@@ -41,7 +45,7 @@ Handover (``handover``): work outlives its scheduler::
 UnlimitedParallelism (``parallelism = 0``) is the same, but ``submit`` forks one ``LocalWorker`` per
 job at once, which runs that job, reports, and exits; there is no task queue.
 
-Modules: ``settings`` (configuration rules), ``jobs`` (Job/Result), ``runners`` (fork/subprocess),
+Modules: ``settings`` (configuration rules), ``jobs`` (Job in; Started, Finished and their Cause out), ``runners`` (fork/subprocess),
 ``workers``, ``strategies`` (the engine; no Airflow import), ``handover`` (task records for adoption),
 ``airflow_compat`` (the one place Airflow versions differ), ``executor`` (the adapter).
 """

@@ -114,7 +114,7 @@ def execution_api_url(executor_conf: Any) -> str:
         return ""
     from airflow.executors.base_executor import get_execution_api_server_url
 
-    return get_execution_api_server_url(conf if executor_conf is None else executor_conf)
+    return str(get_execution_api_server_url(conf if executor_conf is None else executor_conf))
 
 
 def workload_to_job(
@@ -223,7 +223,10 @@ def dispose_inherited_db_pool() -> None:
     """
     from airflow import settings
 
-    for engine in (getattr(settings, "engine", None), getattr(getattr(settings, "async_engine", None), "sync_engine", None)):
+    for engine in (
+        getattr(settings, "engine", None),
+        getattr(getattr(settings, "async_engine", None), "sync_engine", None),
+    ):
         if engine is not None:
             engine.dispose(close=False)
 
@@ -306,15 +309,18 @@ def run_workload_in_child(workload: ExecutorWorkload, server: str, title: str, w
     if wake_supervisor:
         wake_on_child_exit()
 
-    return BaseExecutor.run_workload(
-        workload,
-        server=server,
-        proctitle=f"airflow supervisor -- forklift: {title}",
-        subprocess_logs_to_stdout=True,
+    return int(
+        BaseExecutor.run_workload(
+            workload,
+            server=server,
+            proctitle=f"airflow supervisor -- forklift: {title}",
+            subprocess_logs_to_stdout=True,
+        )
     )
 
 
 # -- Airflow 2: commands ---------------------------------------------------------------------------
+
 
 class CommandRejected(ValueError):
     """A command forklift will not run: only ``airflow tasks run …`` is accepted."""
@@ -373,6 +379,6 @@ def run_command_in_child(command: list[str], title: str) -> int:
             from airflow.sentry import Sentry
 
             Sentry.flush()
-        except Exception:  # noqa: BLE001 - flushing is best effort; the task's outcome stands
+        except Exception:  # noqa: BLE001, S110 - flushing is best effort; the task's outcome stands
             pass
     return 0

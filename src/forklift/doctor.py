@@ -15,7 +15,16 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from forklift.settings import READY_HORIZON, ConfigError, Lookup, RunMode, Settings, executor_names, holds_ready_beyond_cap, load_settings
+from forklift.settings import (
+    READY_HORIZON,
+    ConfigError,
+    Lookup,
+    RunMode,
+    Settings,
+    executor_names,
+    holds_ready_beyond_cap,
+    load_settings,
+)
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 EXECUTOR_PATH = "forklift.LocalExecutor"
@@ -61,7 +70,11 @@ def check_settings(lookup: Lookup, base_parallelism: Callable[[int, Lookup], int
 def check_scheduler_cap(settings: Settings, cap: int | None, held_beyond_cap: bool = False) -> Check:
     """What ``[core] parallelism`` gives forklift, in one line (the executor logs the same at start)."""
     if settings.unlimited or cap is None or cap >= settings.slots:
-        return Check("scheduler cap", OK, f"[core] parallelism = {cap if cap is not None else 'unlimited'} leaves forklift its slots")
+        return Check(
+            "scheduler cap",
+            OK,
+            f"[core] parallelism = {cap if cap is not None else 'unlimited'} leaves forklift its slots",
+        )
     if held_beyond_cap:
         return Check(
             "scheduler cap",
@@ -115,7 +128,11 @@ def check_execution_api(url: str, timeout: float = 5.0) -> Check:
         with urllib.request.urlopen(health, timeout=timeout) as resp:
             return Check("execution API", OK, f"{health} answered HTTP {resp.status}")
     except urllib.error.HTTPError as exc:
-        return Check("execution API", FAIL, f"{health} answered HTTP {exc.code}; is [core] execution_api_server_url the api-server?")
+        return Check(
+            "execution API",
+            FAIL,
+            f"{health} answered HTTP {exc.code}; is [core] execution_api_server_url the api-server?",
+        )
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         return Check(
@@ -171,7 +188,9 @@ def run_checks() -> list[Check]:
     settings_check, settings = check_settings(lookup, compat.base_parallelism)
     checks.append(settings_check)
     if settings is not None:
-        checks.append(check_scheduler_cap(settings, compat.scheduler_cap(lookup), holds_ready_beyond_cap(settings, lookup)))
+        checks.append(
+            check_scheduler_cap(settings, compat.scheduler_cap(lookup), holds_ready_beyond_cap(settings, lookup))
+        )
     checks += [check_start_method(lookup), check_database(lookup, major)]
     if major >= 3:
         checks.append(check_execution_api(compat.execution_api_url(None)))

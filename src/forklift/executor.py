@@ -17,7 +17,7 @@ from airflow.executors.base_executor import BaseExecutor
 from forklift import airflow_compat as compat
 from forklift.doctor import WARN, check_scheduler_cap
 from forklift.handover import RecordsDir
-from forklift.jobs import FAILED, RUNNING, SUCCESS, Result
+from forklift.jobs import SUCCESS, Cause, Finished, Result, Started, WorkQueue
 from forklift.settings import (
     READY_HORIZON,
     ConfigError,
@@ -29,7 +29,7 @@ from forklift.settings import (
     task_memory_limit,
 )
 from forklift.shutdown import ExitSignalGuard, SecondSignal
-from forklift.strategies import _Strategy, make_strategy
+from forklift.strategies import EngineOptions, Strategy, make_strategy
 
 if TYPE_CHECKING:
     from airflow.executors.workloads import ExecutorWorkload
@@ -63,13 +63,13 @@ class LocalExecutor(BaseExecutor):
         super().__init__(slots, *args, **kwargs)
         self._core_cap = compat.scheduler_cap(lookup)
         self._held_beyond_cap = holds_ready_beyond_cap(self.settings, lookup)
-        self.impl: _Strategy | None = None
+        self.strategy: Strategy | None = None
         # What to report for each dispatched key: the workload's own success/failure states.
         self._outcome_states: dict[Hashable, tuple[Any, Any]] = {}
         self._server: str = ""
         # Work refused at dispatch: reported from sync(), when Airflow 2's trigger_tasks has put the
         # key in running (it does so after execute_async returns), so no slot leaks.
-        self._refused: list[Result] = []
+        self._refused: list[Finished] = []
         self._timeouts = compat.ExecutionTimeouts()
         self._metrics_sent: dict[str, int] = {}
         self._signal_guard = ExitSignalGuard()
@@ -81,27 +81,29 @@ class LocalExecutor(BaseExecutor):
         )
 
     @property
-    def result_queue(self) -> Any:
+    def result_queue(self) -> WorkQueue | None:
         """The ``multiprocessing.Manager()`` queue workers report on (None when not started)."""
-        return self.impl.result_queue if self.impl is not None else None
+        return self.strategy.result_queue if self.strategy is not None else None
 
     def start(self) -> None:
         self._server = compat.execution_api_url(getattr(self, "conf", None))  # Airflow 2 has no ExecutorConf
         if self.settings.run_mode is RunMode.FORK:
             compat.warm_task_caches(self.settings.preload_modules)  # before any worker forks: every task inherits them
         records = self._records_dir()
-        self.impl = make_strategy(
+        self.strategy = make_strategy(
             self.settings.parallelism,
-            kill_grace=self.settings.kill_grace,
-            worker_init=compat.dispose_inherited_db_pool,
-            max_tasks_per_child=self.settings.max_tasks_per_child,
-            max_memory_per_child=self.settings.max_memory_per_child,
-            prefetch=self.settings.prefetch,
-            records=records,
-            orphan_timeout=self.settings.orphan_timeout,
-            oom_score_adj=self.settings.task_oom_score_adj,
+            EngineOptions(
+                kill_grace=self.settings.kill_grace,
+                worker_init=compat.dispose_inherited_db_pool,
+                max_tasks_per_child=self.settings.max_tasks_per_child,
+                max_memory_per_child=self.settings.max_memory_per_child,
+                prefetch=self.settings.prefetch,
+                records=records,
+                orphan_timeout=self.settings.orphan_timeout,
+                oom_score_adj=self.settings.task_oom_score_adj,
+            ),
         )
-        self.impl.start()
+        self.strategy.start()
         # After the workers fork (they set their own handlers): the scheduler's exit handler is
         # already installed by now, and must not be able to wedge it (see ExitSignalGuard).
         self._signal_guard.install()
@@ -134,12 +136,12 @@ class LocalExecutor(BaseExecutor):
     def try_adopt_task_instances(self, tis: Sequence[Any]) -> Sequence[Any]:
         """Adopt each task instance a forklift worker on this machine still runs (or has just finished);
         return the rest, which Airflow resets. An adopted task holds a slot until its end is reported."""
-        if self.impl is None:
+        if self.strategy is None:
             return tis
         not_adopted = []
         for ti in tis:
             try:
-                adopted = self.impl.adopt(ti.key)
+                adopted = self.strategy.adopt(ti.key)
             except Exception:  # adoption is a bonus: when it fails, Airflow's reset still applies
                 self.log.exception("forklift: could not adopt %s", ti)
                 adopted = False
@@ -153,7 +155,7 @@ class LocalExecutor(BaseExecutor):
 
     # -- dispatch (Airflow 3) --------------------------------------------------------------
     def _process_workloads(self, workloads: Sequence[ExecutorWorkload]) -> None:
-        impl = self._require_started()
+        strategy = self._require_started()
         for workload in workloads:
             key: Any = workload.key
             self._unqueue(key)
@@ -163,7 +165,7 @@ class LocalExecutor(BaseExecutor):
             try:
                 deadline = compat.hard_deadline(self._timeouts.for_workload(workload), self.settings.timeout_grace)
                 memory_limit = task_memory_limit(compat.executor_config_of(workload), self.settings.task_memory_limit)
-                impl.submit(
+                strategy.submit(
                     compat.workload_to_job(
                         workload,
                         mode=self.settings.run_mode,
@@ -173,30 +175,30 @@ class LocalExecutor(BaseExecutor):
                         memory_limit=memory_limit,
                     )
                 )
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever a workload does wrong fails that task, never the loop
                 self._refuse(key, exc)
 
     # -- dispatch (Airflow 2) --------------------------------------------------------------
     def execute_async(self, key: Any, command: Any, queue: str | None = None, executor_config: Any = None) -> None:
-        impl = self._require_started()
+        strategy = self._require_started()
         try:
             deadline = compat.hard_deadline(self._timeouts.for_command(key), self.settings.timeout_grace)
             memory_limit = task_memory_limit(executor_config, self.settings.task_memory_limit)
-            impl.submit(
+            strategy.submit(
                 compat.command_to_job(
                     key, command, mode=self.settings.run_mode, timeout=deadline, memory_limit=memory_limit
                 )
             )
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever a command does wrong fails that task, never the loop
             self._refuse(key, exc)
 
     def _refuse(self, key: Any, exc: Exception) -> None:
         if isinstance(exc, (compat.CommandRejected, ConfigError)):
-            reason = str(exc)
+            cause, reason = Cause.REFUSED, str(exc)
         else:
-            reason = f"forklift could not dispatch it: {type(exc).__name__}: {exc}"
+            cause, reason = Cause.NOT_STARTED, f"forklift could not dispatch it: {type(exc).__name__}: {exc}"
         self.log.error("forklift: %s not run: %s", key, reason)
-        self._refused.append(Result(key, FAILED, reason))
+        self._refused.append(Finished.failed(key, cause, reason))
 
     def _unqueue(self, key: Any) -> None:
         # Callbacks and connection tests are queued separately on Airflow 3 only.
@@ -211,9 +213,9 @@ class LocalExecutor(BaseExecutor):
         less the tasks held ready that a worker should take within READY_HORIZON, when those need not
         count (see settings.holds_ready_beyond_cap). The workers still run no more than their number."""
         occupied: int = super().slots_occupied
-        if not self._held_beyond_cap or self.impl is None:
+        if not self._held_beyond_cap or self.strategy is None:
             return occupied
-        return max(0, occupied - self.impl.ready_budget(READY_HORIZON))
+        return max(0, occupied - self.strategy.ready_budget(READY_HORIZON))
 
     # -- results ---------------------------------------------------------------------------
     def heartbeat(self) -> None:
@@ -225,12 +227,12 @@ class LocalExecutor(BaseExecutor):
 
     def sync(self) -> None:
         refused, self._refused = self._refused, []
-        for result in refused:
-            self._report(result)
-        if self.impl is None:
+        for refusal in refused:
+            self._report(refusal)
+        if self.strategy is None:
             return
         try:
-            results = self.impl.poll()
+            results = self.strategy.poll()
         except Exception:  # the scheduler loop must go on; the engine heals itself on the next poll
             self.log.exception("forklift: reading results failed; will try again on the next heartbeat")
             return
@@ -240,19 +242,19 @@ class LocalExecutor(BaseExecutor):
 
     def _emit_forklift_metrics(self) -> None:
         """forklift's own metrics, through Airflow's Stats (names in docs/metrics.md)."""
-        impl = self.impl
-        if impl is None:
+        strategy = self.strategy
+        if strategy is None:
             return
         try:
             stats = compat.stats()
             tags = {"team_name": self.team_name} if getattr(self, "team_name", None) else None
-            for name, value in impl.counters.items():
+            for name, value in strategy.counters.items():
                 delta = value - self._metrics_sent.get(name, 0)
                 if delta > 0:
                     stats.incr(f"forklift.{name}", delta, tags=tags)
-            self._metrics_sent = dict(impl.counters)
-            stats.gauge("forklift.live_workers", len(impl.worker_pids()), tags=tags)
-            for seconds in impl.take_dispatch_latencies():
+            self._metrics_sent = dict(strategy.counters)
+            stats.gauge("forklift.live_workers", len(strategy.worker_pids()), tags=tags)
+            for seconds in strategy.take_dispatch_latencies():
                 stats.timing("forklift.dispatch_latency", timedelta(seconds=seconds), tags=tags)
         except Exception:  # metrics must never cost the scheduler its loop
             self.log.debug("forklift: could not emit metrics", exc_info=True)
@@ -265,7 +267,7 @@ class LocalExecutor(BaseExecutor):
         """
         key: Any = ti.key
         self._unqueue(key)
-        outcome = self.impl.revoke(key) if self.impl is not None else "unknown"
+        outcome = self.strategy.revoke(key) if self.strategy is not None else "unknown"
         self.running.discard(key)
         self._outcome_states.pop(key, None)
         self.event_buffer.pop(key, None)
@@ -278,10 +280,10 @@ class LocalExecutor(BaseExecutor):
         return [repr(ti) for ti in tis]
 
     def _report(self, result: Result) -> None:
-        if result.state == RUNNING:
+        if isinstance(result, Started):
             return
         key: Any = result.key
-        again = self.impl is not None and self.impl.waiting(key)  # queued again while this run was live
+        again = self.strategy is not None and self.strategy.waiting(key)  # queued again while this run was live
         states = self._outcome_states.get(key) if again else self._outcome_states.pop(key, None)
         success_state, failure_state = states or (None, None)
         if result.state == SUCCESS:
@@ -290,11 +292,11 @@ class LocalExecutor(BaseExecutor):
             else:
                 self.change_state(key, success_state)
         else:
-            self.log.error("forklift: %s failed: %s", key, result.info)
+            self.log.error("forklift: %s failed: %s", key, result.reason)
             if failure_state is None:
-                self.fail(key, info=result.info)
+                self.fail(key, info=result.reason)
             else:
-                self.change_state(key, failure_state, info=result.info)
+                self.change_state(key, failure_state, info=result.reason)
         if again:
             # Reporting the earlier run freed the key's slot; its next run holds it now. Airflow also
             # reads "still in running" as "re-queued after deferral" and does not fail the task.
@@ -302,9 +304,9 @@ class LocalExecutor(BaseExecutor):
 
     # -- shutdown --------------------------------------------------------------------------
     def end(self) -> None:
-        if self.impl is None:
+        if self.strategy is None:
             return
-        impl, self.impl = self.impl, None
+        strategy, self.strategy = self.strategy, None
         # Listen for a second signal before saying we are waiting: one sent on seeing this line
         # must stop the waiting, not interrupt end() half-way.
         leave = self.settings.on_shutdown is OnShutdown.ADOPT
@@ -315,20 +317,20 @@ class LocalExecutor(BaseExecutor):
                 self.settings.shutdown_timeout,
                 "leaving the rest for the next scheduler to adopt" if leave else "stopping the rest",
             )
-            results = impl.end(self.settings.shutdown_timeout, escalate=second.arrived, leave_running=leave)
+            results = strategy.end(self.settings.shutdown_timeout, escalate=second.arrived, leave_running=leave)
         self._signal_guard.uninstall()
         for result in results:
             self._report(result)
 
     def terminate(self) -> None:
-        if self.impl is None:
+        if self.strategy is None:
             return
-        impl, self.impl = self.impl, None
+        strategy, self.strategy = self.strategy, None
         self._signal_guard.uninstall()
-        for result in impl.terminate():
+        for result in strategy.terminate():
             self._report(result)
 
-    def _require_started(self) -> _Strategy:
-        if self.impl is None:
+    def _require_started(self) -> Strategy:
+        if self.strategy is None:
             raise RuntimeError("forklift.LocalExecutor was not started; call start() first.")
-        return self.impl
+        return self.strategy

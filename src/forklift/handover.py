@@ -38,8 +38,7 @@ from pathlib import Path
 
 import psutil
 
-#: Record states: the task's own, as its worker last wrote it.
-RUNNING = "running"
+from forklift.jobs import RUNNING, Cause
 
 
 @functools.lru_cache(maxsize=1)
@@ -91,6 +90,7 @@ class TaskRecord:
     state: str  # RUNNING, or the engine's SUCCESS / FAILED
     reason: str = ""
     updated: float = 0.0
+    cause: Cause | None = None  # why it failed, once it has
 
     @property
     def finished(self) -> bool:
@@ -112,6 +112,7 @@ class TaskRecord:
             state=str(raw["state"]),
             reason=str(raw.get("reason", "")),
             updated=float(raw.get("updated", 0.0)),
+            cause=Cause(raw["cause"]) if raw.get("cause") else None,
         )
 
 
@@ -170,10 +171,14 @@ class RecordsDir:
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
-    def remove(self, key: Hashable) -> None:
-        for suffix in (".json", ".owner"):
+    def remove(self, key: Hashable, *, claimed: bool = True) -> None:
+        """Remove the task's record, and its claim unless ``claimed`` is False (a task this engine
+        dispatched itself has none). Called once per task from the scheduler's loop: plain ``os``
+        calls, no ``Path`` objects (half the cost)."""
+        base = os.path.join(self.path, self.name(key))
+        for suffix in (".json", ".owner") if claimed else (".json",):
             with contextlib.suppress(FileNotFoundError):
-                self._file(key, suffix).unlink()
+                os.unlink(base + suffix)
 
     def sweep(self, older_than: float) -> int:
         """Remove records nobody can use any more: from another boot, or finished with their worker
@@ -187,9 +192,11 @@ class RecordsDir:
                 record = TaskRecord.from_json(path.read_text())
             except (OSError, ValueError, KeyError, TypeError):
                 continue
-            stale = record.boot != me or (
-                record.finished and now - record.updated > older_than and not record.worker.alive()
-            ) or (not record.finished and not record.worker.alive() and now - record.updated > older_than)
+            stale = (
+                record.boot != me
+                or (record.finished and now - record.updated > older_than and not record.worker.alive())
+                or (not record.finished and not record.worker.alive() and now - record.updated > older_than)
+            )
             if stale:
                 for suffix in (".json", ".owner"):
                     with contextlib.suppress(FileNotFoundError):

@@ -2,21 +2,22 @@
 
 A :class:`Job` is everything a worker needs to run one unit of work, and nothing Airflow-specific:
 the Airflow adapter turns a workload or command into a Job, the engine runs it and answers with
-:class:`Result` tuples on the result queue. Both cross process boundaries by pickling.
+:class:`Started` and :class:`Finished` tuples on the result queue. Both cross process boundaries by pickling.
 """
 
 from __future__ import annotations
 
+import enum
 import signal
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple, Protocol
 
 # Result states. Kept as plain strings so results pickle cheaply and the engine needs no Airflow.
 RUNNING = "running"
 SUCCESS = "success"
 FAILED = "failed"
-#: Not about a job: a QueuedLocalWorker says it is leaving to be replaced (``info`` says why).
+#: Not about a job: a QueuedLocalWorker is leaving to be replaced (see Recycled).
 RECYCLED = "recycled"
 
 
@@ -43,7 +44,7 @@ class Command:
     secret_input: bytes | None = field(default=None, repr=False)
 
 
-Runnable = Union[ForkCall, Command]
+Runnable = ForkCall | Command
 
 
 @dataclass(frozen=True)
@@ -66,20 +67,80 @@ class Job:
     memory_limit_mib: int = 0
 
 
-class Result(NamedTuple):
-    """What a worker reports on the result queue.
+class Cause(str, enum.Enum):
+    """Why a job failed, as code reads it (metrics, tests, the executor); the reason string beside it
+    is what people read. A str, so it pickles and prints as its value."""
 
-    ``state`` is RUNNING (``info`` is the pid of the task's process, which leads its own process
-    group), then SUCCESS or FAILED (``info`` is the reason, for the log).
-    """
+    EXIT_CODE = "exit_code"  # the task's process exited with a non-zero code
+    KILLED_BY_SIGNAL = "killed_by_signal"  # a signal forklift did not send ended it (kill -9, a segfault)
+    OOM_KILLED = "oom_killed"  # the kernel's OOM killer took it (its memory cgroup counted the kill)
+    TIMED_OUT = "timed_out"  # still running past its hard deadline: stopped from outside
+    MEMORY_LIMIT = "memory_limit"  # its process tree went over its memory limit: stopped
+    NOT_STARTED = "not_started"  # its process could not be started, or the job not handed to a worker
+    WORKER_DIED = "worker_died"  # the worker running it died (or was killed) first
+    LOST_WITH_MANAGER = "lost_with_manager"  # its worker could not report once the result queue was gone
+    LOST_BEFORE_START = "lost_before_start"  # handed to a worker that vanished before starting it
+    REFUSED = "refused"  # refused at dispatch: not a command forklift runs, or a malformed workload
+    WITHDRAWN = "withdrawn"  # forklift was shutting down before it started
+    STOPPED_AT_SHUTDOWN = "stopped_at_shutdown"  # still running when forklift stopped everything
+    ORPHANED = "orphaned"  # its scheduler was gone and no other adopted it within orphan_timeout
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Started(NamedTuple):
+    """A worker's word that a job's process exists; the process leads its own process group."""
 
     key: Hashable
-    state: str
-    info: Any = None
+    task_pid: int
     worker_pid: int = 0
     #: Which dispatch of ``key`` this is about, so a stale report (from a copy revoked and then
     #: dispatched again under the same key) is never taken for the new one.
     seq: int = 0
+
+    @property
+    def state(self) -> str:
+        return RUNNING
+
+
+class Finished(NamedTuple):
+    """How a job ended: SUCCESS, or FAILED with its ``cause`` and a ``reason`` for people."""
+
+    key: Hashable
+    state: str
+    reason: str = ""
+    worker_pid: int = 0
+    seq: int = 0
+    cause: Cause | None = None  # None for SUCCESS
+
+    @classmethod
+    def failed(cls, key: Hashable, cause: Cause, reason: str, worker_pid: int = 0, seq: int = 0) -> Finished:
+        return cls(key, FAILED, reason, worker_pid, seq, cause)
+
+
+class Recycled(NamedTuple):
+    """Not about a job: a QueuedLocalWorker says it is leaving to be replaced, and why."""
+
+    worker_pid: int
+    reason: str
+
+    @property
+    def state(self) -> str:
+        return RECYCLED
+
+
+#: What :meth:`poll` hands the executor.
+Result = Started | Finished
+#: What crosses the result queue.
+Message = Started | Finished | Recycled
+
+
+def exit_cause(status: int) -> Cause | None:
+    """The cause for a ``Popen.returncode``-style status (None: it succeeded)."""
+    if status == 0:
+        return None
+    return Cause.EXIT_CODE if status > 0 else Cause.KILLED_BY_SIGNAL
 
 
 def describe_exit(status: int) -> str:
@@ -95,3 +156,18 @@ def describe_exit(status: int) -> str:
         return f"killed by {name} — possibly out of memory"
     return f"killed by {name}"
 
+
+class WorkQueue(Protocol):
+    """A queue shared between the engine and its workers (a proxy to the Manager's queue): the task
+    queue carries ``(seq, Job)`` items and ``None`` (the poison pill); the result queue carries
+    :data:`Message` tuples. ``drain`` and ``remove`` are forklift's additions (one round trip each)."""
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None: ...
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any: ...
+
+    def qsize(self) -> int: ...
+
+    def drain(self, limit: int) -> list[Any]: ...
+
+    def remove(self, seq: int) -> bool: ...

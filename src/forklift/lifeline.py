@@ -1,5 +1,6 @@
-"""Process-lifetime ties: die with the parent; stop everything a task started, wherever it went
-(its session, and, through the worker being a child subreaper, whatever detached from it)."""
+"""Process-lifetime ties and process stopping: die with the parent; stop a task's process group now and
+kill it later; stop everything a task started, wherever it went (its session, and, through the worker
+being a child subreaper, whatever detached from it)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,10 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import psutil
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
@@ -110,7 +115,7 @@ def kill_session(sid: int, spare: int | None = None) -> list[int]:
     the task runner in one). The kernel does not reuse a pid while it names a live session, so this
     reaches only the task's processes. One pass over /proc.
     """
-    import psutil
+    import psutil  # here, not at the top: a fresh task interpreter imports this module and needs no psutil
 
     me = os.getpid()
     killed = []
@@ -146,13 +151,53 @@ def stop_session(
             time.sleep(0.05)
         return still_running()
 
-    try:
-        os.killpg(sid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        pass
+    signal_group(sid, signal.SIGTERM)
     if not wait(kill_grace, impatient):
         return signal.SIGTERM
     kill_session(sid, spare=sid)
     if wait(kill_grace):
         kill_session(sid)
     return signal.SIGKILL
+
+
+def signal_group(pgid: int, sig: int) -> None:
+    """Signal a process group that may already be gone."""
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def signal_process(proc: psutil.Process, sig: int) -> None:
+    """Signal a process that may already be gone."""
+    import psutil
+
+    try:
+        proc.send_signal(sig)
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        pass
+
+
+class GroupStopper:
+    """Stops task process groups from the executor's thread without blocking it: SIGTERM now, and
+    SIGKILL from :meth:`escalate` (called on every poll) once ``kill_grace`` has passed."""
+
+    def __init__(self, kill_grace: float) -> None:
+        self.kill_grace = kill_grace
+        self._kill_at: dict[int, float] = {}  # process group → when SIGKILL follows the SIGTERM
+
+    def stop(self, pgid: int) -> None:
+        signal_group(pgid, signal.SIGTERM)
+        self._kill_at[pgid] = time.monotonic() + self.kill_grace
+
+    def escalate(self) -> None:
+        now = time.monotonic()
+        for pgid, when in list(self._kill_at.items()):
+            if now >= when:
+                signal_group(pgid, signal.SIGKILL)
+                del self._kill_at[pgid]
+
+    def take_pending(self) -> list[int]:
+        """The groups still waiting for their SIGKILL (for terminate(), which kills them itself)."""
+        pending, self._kill_at = list(self._kill_at), {}
+        return pending

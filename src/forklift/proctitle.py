@@ -7,7 +7,9 @@ from collections.abc import Callable
 
 _setproctitle: Callable[[str], None] | None
 try:
-    from setproctitle import setproctitle as _setproctitle
+    import setproctitle
+
+    _setproctitle = setproctitle.setproctitle
 except ImportError:  # pragma: no cover - setproctitle comes with Airflow
     _setproctitle = None
 

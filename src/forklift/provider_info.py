@@ -42,7 +42,9 @@ CONFIG_OPTIONS: dict[str, dict[str, Any]] = {
         "description": (
             "As Celery's worker_prefetch_multiplier: with N workers forklift accepts N times this many tasks; "
             "those beyond N wait on its task queue and start the moment a worker frees. 1: a task is queued "
-            "only when a worker is free. Keep [core] parallelism at least N times this."
+            "only when a worker is free. As the scheduler's only executor, forklift does not count the held "
+            "tasks against [core] parallelism (they do not run); beside other executors, keep [core] "
+            "parallelism at least N times this."
         ),
         "type": "integer",
         "example": "1",
@@ -173,9 +175,7 @@ def get_provider_info() -> dict[str, Any]:
         "config": {
             "forklift": {
                 "description": "forklift.LocalExecutor: workers, run mode, prefetch, shutdown and fault handling.",
-                "options": {
-                    key: {**option, "version_added": "0.1.0"} for key, option in CONFIG_OPTIONS.items()
-                },
+                "options": {key: {**option, "version_added": "0.1.0"} for key, option in CONFIG_OPTIONS.items()},
             }
         },
     }

@@ -156,7 +156,9 @@ class RunningAirflow:
     def __init__(self, stack: Any) -> None:
         self.stack = stack
 
-    def run_dag(self, dag_id: str, conf: Mapping[str, Any] | None = None, timeout: float = 300) -> dict[str, str | None]:
+    def run_dag(
+        self, dag_id: str, conf: Mapping[str, Any] | None = None, timeout: float = 300
+    ) -> dict[str, str | None]:
         """Trigger ``dag_id``, wait for the run to finish, and return ``{task_id: state}`` (mapped: ``task_id[i]``)."""
         self.stack.wait_for_dag(dag_id, timeout=timeout)
         run_id = f"pytest_{dag_id}_{time.time_ns()}"

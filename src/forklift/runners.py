@@ -8,10 +8,11 @@ into SUCCESS or FAILED with a reason.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-import signal
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -19,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from forklift.containment import MemorySampler, OomWitness, raise_oom_score
-from forklift.jobs import FAILED, SUCCESS, Command, ForkCall, Job, describe_exit
+from forklift.jobs import FAILED, SUCCESS, Cause, Command, ForkCall, Job, describe_exit, exit_cause
 from forklift.lifeline import kill_session, stop_children, stop_session
 from forklift.proctitle import set_title
 from forklift.supervisor_wake import WORKER_PID_ENV
@@ -33,34 +34,42 @@ OnStarted = Callable[[int], None]
 _RESET_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD, signal.SIGHUP)
 
 
-def run_job(job: Job, on_started: OnStarted, kill_grace: float = 5.0, oom_score_adj: int = 0) -> tuple[str, str]:
+#: How a job ended, as run_job() tells its worker: (SUCCESS or FAILED, the reason, the cause).
+Ending = tuple[str, str, Cause | None]
+
+
+def run_job(job: Job, on_started: OnStarted, kill_grace: float = 5.0, oom_score_adj: int = 0) -> Ending:
     """Run ``job`` to completion, or until its ``timeout`` or ``memory_limit_mib`` (then TERM, and KILL
-    after ``kill_grace``); return ``(state, reason)``. The task process raises its ``oom_score_adj`` to
-    the value given, so the kernel's OOM killer takes it before its worker or the scheduler."""
+    after ``kill_grace``); return ``(state, reason, cause)``. The task process raises its ``oom_score_adj``
+    to the value given, so the kernel's OOM killer takes it before its worker or the scheduler."""
     if isinstance(job.runnable, ForkCall):
         outcome = _run_forked(job, job.runnable, on_started, kill_grace, oom_score_adj)
     elif isinstance(job.runnable, Command):
         try:
             outcome = _run_subprocess(job, job.runnable, on_started, kill_grace, oom_score_adj)
         except OSError as exc:  # e.g. the executable is missing: a FAILED task, never a dead worker
-            return FAILED, f"could not start {job.runnable.argv[0]!r}: {exc.strerror or exc}"
+            return FAILED, f"could not start {job.runnable.argv[0]!r}: {exc.strerror or exc}", Cause.NOT_STARTED
     else:
-        return FAILED, f"unknown runnable {type(job.runnable).__name__}; expected ForkCall or Command"
+        # The type says this cannot happen; a job is whatever came off a queue, so it can.
+        reason = f"unknown runnable {type(job.runnable).__name__}; expected ForkCall or Command"  # type: ignore[unreachable]
+        return FAILED, reason, Cause.NOT_STARTED
     _stop_detached(job, kill_grace)
     status = outcome.status
     if outcome.stopped_by is not None:
         how = f"forklift stopped its process group with {outcome.stopped_by.name} ({describe_exit(status)})"
         if outcome.memory_mib is not None:
-            return FAILED, f"exceeded its memory limit: {outcome.memory_mib:.0f} MiB > {job.memory_limit_mib} MiB; {how}"
-        return FAILED, f"timed out: still running {job.timeout:g} s after it started; {how}"
+            reason = f"exceeded its memory limit: {outcome.memory_mib:.0f} MiB > {job.memory_limit_mib} MiB; {how}"
+            return FAILED, reason, Cause.MEMORY_LIMIT
+        return FAILED, f"timed out: still running {job.timeout:g} s after it started; {how}", Cause.TIMED_OUT
     if status == 0:
-        return SUCCESS, describe_exit(status)
+        return SUCCESS, describe_exit(status), None
     if status == -signal.SIGKILL and outcome.oom_killed:
-        return FAILED, (
+        reason = (
             "killed by SIGKILL: the kernel's OOM killer chose it (its memory cgroup counted an OOM kill; "
             f"forklift makes tasks the OOM killer's first choice, oom_score_adj {oom_score_adj})"
         )
-    return FAILED, describe_exit(status)
+        return FAILED, reason, Cause.OOM_KILLED
+    return FAILED, describe_exit(status), exit_cause(status)
 
 
 @dataclass(frozen=True)
@@ -132,7 +141,14 @@ def _reset_signals() -> None:
         signal.signal(sig, signal.SIG_DFL)
 
 
-def _run_subprocess(job: Job, command: Command, on_started: OnStarted, kill_grace: float, oom_score_adj: int) -> _Outcome:
+def _prepare_child(oom_score_adj: int) -> None:
+    _reset_signals()
+    raise_oom_score(oom_score_adj)
+
+
+def _run_subprocess(
+    job: Job, command: Command, on_started: OnStarted, kill_grace: float, oom_score_adj: int
+) -> _Outcome:
     env = {**os.environ, **job.env, WORKER_PID_ENV: str(os.getpid())}  # see supervisor_wake
     proc = subprocess.Popen(
         list(command.argv),
@@ -142,7 +158,7 @@ def _run_subprocess(job: Job, command: Command, on_started: OnStarted, kill_grac
         env=env,
         # An ignored signal stays ignored across exec: undo what the worker set for itself.
         # (Safe here: a worker has no threads.)
-        preexec_fn=lambda: (_reset_signals(), raise_oom_score(oom_score_adj)),
+        preexec_fn=functools.partial(_prepare_child, oom_score_adj),  # noqa: PLW1509 - no threads here
     )
     on_started(proc.pid)
     witness = OomWitness(proc.pid)
@@ -184,7 +200,7 @@ def _supervise(pid: int, job: Job, kill_grace: float) -> tuple[signal.Signals | 
             # No grace for a task still growing: Airflow 3's task runner takes SIGTERM as a cue to call
             # on_kill() and runs on, allocating as it goes.
             stopped_at = used
-            still_growing = lambda: sampler.sample() > stopped_at * 1.1  # noqa: E731
+            still_growing = lambda stopped_at=stopped_at: sampler.sample() > stopped_at * 1.1  # noqa: E731
             return stop_session(pid, kill_grace, lambda: not _wait_exit(pid, 0), impatient=still_growing), used
         if deadline is not None and time.monotonic() >= deadline:
             return _stop(pid, kill_grace), None
@@ -212,7 +228,9 @@ def _stop_detached(job: Job, kill_grace: float) -> None:
     worker, a child subreaper: stop and reap it now that the task has ended."""
     stopped = stop_children(kill_grace)
     for pid, command in stopped:
-        log.warning("forklift: %s left pid %d running outside its session (%s); stopped it.", job.title or job.key, pid, command)
+        log.warning(
+            "forklift: %s left pid %d running outside its session (%s); stopped it.", job.title or job.key, pid, command
+        )
 
 
 def _wait_exit_blocking(pid: int) -> None:
@@ -255,13 +273,6 @@ def _wait_exit(pid: int, timeout: float) -> bool:
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.05)
-
-
-def _killpg(pgid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _waitpid_retrying(pid: int) -> tuple[int, int]:

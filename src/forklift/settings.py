@@ -126,7 +126,9 @@ def parse_seconds(raw: str | None, *, section: str, key: str, maximum: float) ->
     try:
         value = float(text)
     except ValueError:
-        raise ConfigError(f"{where} = {raw!r} is not a number of seconds; use a number from 0 to {maximum:g}.") from None
+        raise ConfigError(
+            f"{where} = {raw!r} is not a number of seconds; use a number from 0 to {maximum:g}."
+        ) from None
     if not math.isfinite(value) or not 0 <= value <= maximum:
         raise ConfigError(f"{where} = {raw!r} is out of range; use a number of seconds from 0 to {maximum:g}.")
     return value
@@ -241,12 +243,16 @@ def load_settings(lookup: Lookup, *, parallelism: int | None = None) -> Settings
         orphan_timeout = parse_seconds(raw_orphan, section=SECTION, key="orphan_timeout", maximum=MAX_SECONDS)
     records_dir = (lookup(SECTION, "records_dir") or "").strip() or None
     raw_limit = lookup(SECTION, "task_memory_limit")
-    memory_limit = 0 if raw_limit is None else parse_int(
-        raw_limit, section=SECTION, key="task_memory_limit", minimum=0, maximum=MAX_MEMORY_MIB
+    memory_limit = (
+        0
+        if raw_limit is None
+        else parse_int(raw_limit, section=SECTION, key="task_memory_limit", minimum=0, maximum=MAX_MEMORY_MIB)
     )
     raw_adj = lookup(SECTION, "task_oom_score_adj")
-    oom_adj = Settings.task_oom_score_adj if raw_adj is None else parse_int(
-        raw_adj, section=SECTION, key="task_oom_score_adj", minimum=0, maximum=1000
+    oom_adj = (
+        Settings.task_oom_score_adj
+        if raw_adj is None
+        else parse_int(raw_adj, section=SECTION, key="task_oom_score_adj", minimum=0, maximum=1000)
     )
 
     raw_wake = lookup(SECTION, "wake_supervisor")

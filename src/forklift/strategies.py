@@ -1,7 +1,7 @@
 """The process engine: ``UnlimitedParallelism`` and ``LimitedParallelism``.
 
 A strategy owns every process forklift starts: a ``multiprocessing.Manager()`` server whose
-``result_queue`` carries :class:`~forklift.jobs.Result` tuples back, and the workers. It knows
+``result_queue`` carries :class:`~forklift.jobs.Started` and :class:`~forklift.jobs.Finished` tuples back, and the workers. It knows
 nothing of Airflow: jobs go in through :meth:`submit`, results come out of :meth:`poll`, which never
 blocks by default. Both are called only from the executor's thread.
 
@@ -31,24 +31,21 @@ import heapq
 import itertools
 import logging
 import multiprocessing.process
-import os
-import queue
-import select
 import signal
-import statistics
 import time
 from collections.abc import Callable, Hashable, Iterable
-from dataclasses import dataclass, field
-from multiprocessing.managers import SyncManager
-from typing import Any
+from dataclasses import dataclass
+from typing import TypeGuard
 
 import psutil
 
-from forklift.handover import ProcessId, RecordsDir, TaskRecord, boot_id
-from forklift.jobs import FAILED, RECYCLED, RUNNING, Job, Result, describe_exit
-from forklift.lifeline import die_with_parent, kill_session
-from forklift.proctitle import set_title
-from forklift.workers import _FORK, LocalWorker, QueuedLocalWorker, WorkerOptions, _Worker
+from forklift.adoption import Adoptions
+from forklift.channel import CHANNEL_ERRORS, DRAIN_BATCH, ResultChannel
+from forklift.handover import RecordsDir
+from forklift.jobs import RUNNING, Cause, Finished, Job, Message, Recycled, Result, WorkQueue, describe_exit
+from forklift.ledger import Dispatch, Ledger
+from forklift.lifeline import GroupStopper, kill_session, signal_group, signal_process
+from forklift.workers import LocalWorker, QueuedLocalWorker, WorkerOptions, _Worker
 
 log = logging.getLogger(__name__)
 
@@ -58,125 +55,76 @@ _END_POLL_SECONDS = 0.05
 #: empty, was taken by a worker that died before it could say so: it is FAILED, not waited for.
 CLAIM_TIMEOUT = 60.0
 
-#: Errors that mean "the Manager process (and so the queue) is gone".
-_CHANNEL_ERRORS = (EOFError, OSError, ConnectionError)
+STOPPED_AT_SHUTDOWN = "stopped by forklift at shutdown before it finished"
 
 
-_SEQ = itertools.count(1)
+@dataclass(frozen=True)
+class EngineOptions:
+    """How an engine treats its workers and tasks (the executor fills it from ``[forklift]`` settings)."""
+
+    #: How long a stopped task (or worker) gets between SIGTERM and SIGKILL.
+    kill_grace: float = 5.0
+    #: Run in each worker as it starts (the executor disposes the DB pool inherited from the scheduler).
+    worker_init: Callable[[], None] | None = None
+    #: Replace a QueuedLocalWorker after this many tasks (0: never).
+    max_tasks_per_child: int = 0
+    #: Replace a QueuedLocalWorker whose RSS exceeds this many MiB between tasks (0: never).
+    max_memory_per_child: int = 0
+    #: LimitedParallelism: tasks accepted beyond the workers, held ready for the next free one.
+    prefetch: int = 0
+    #: Where running tasks leave their records for the next scheduler (None: no handover).
+    records: RecordsDir | None = None
+    #: With records: how long a task whose scheduler is gone runs on unadopted.
+    orphan_timeout: float = 600.0
+    #: oom_score_adj each task process raises itself to (0: leave it alone).
+    oom_score_adj: int = 0
 
 
-@dataclass
-class _Dispatch:
-    job: Job
-    seq: int = field(default_factory=lambda: next(_SEQ))
-    worker_pid: int | None = None  # known once the worker says RUNNING (Limited) or at spawn (Unlimited)
-    task_pid: int | None = None  # leads the task's process group
-    handed_at: float = field(default_factory=time.monotonic)
-    started_at: float | None = None  # when its RUNNING report was read
-
-
-@dataclass
-class _Adopted:
-    """A task another engine left running, now watched from here through its worker's pidfd."""
-
-    record: TaskRecord
-    pidfd: int | None  # readable once the worker has exited; None: look with psutil instead
-
-
-class _DrainableQueue(queue.Queue):  # type: ignore[type-arg]
-    """The Manager's queue, plus :meth:`drain`: everything waiting, in one round trip.
-
-    Each proxy call is a round trip to the Manager process (~0.1 ms); ``sync()`` reading a burst of
-    results one ``get_nowait()`` at a time would pay that per result.
-    """
-
-    def remove(self, seq: int) -> bool:
-        """Take the job with this dispatch number off the queue, if no worker has taken it yet."""
-        with self.mutex:
-            for item in self.queue:
-                if isinstance(item, tuple) and item and item[0] == seq:
-                    self.queue.remove(item)
-                    self.not_full.notify()
-                    return True
-        return False
-
-    def drain(self, limit: int) -> list[Any]:
-        items: list[Any] = []
-        with self.mutex:
-            while self.queue and len(items) < limit:
-                items.append(self.queue.popleft())
-            if items:
-                self.not_full.notify(len(items))
-        return items
-
-
-class _Manager(SyncManager):
-    """``multiprocessing.Manager()``'s SyncManager, whose ``Queue()`` can also be drained at once."""
-
-
-_Manager.register("Queue", _DrainableQueue)
-
-#: How many recent run times ready_budget() judges the pace by.
-RUNTIME_SAMPLES = 64
-
-#: At most this many results are read in one round trip (bounds one message's size).
-_DRAIN_BATCH = 10_000
-
-
-def _manager_init() -> None:
-    # The manager serves the result queue until end(); a terminal's Ctrl-C must not kill it early,
-    # but it must not outlive the scheduler either.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    die_with_parent(signal.SIGKILL)
-    set_title("airflow executor -- forklift: result queue manager")
-
-
-class _Strategy:
+class Strategy:
     """What both strategies share: the Manager, the result queue, and dispatch bookkeeping."""
 
-    def __init__(
-        self,
-        *,
-        kill_grace: float = 5.0,
-        worker_init: Callable[[], None] | None = None,
-        max_tasks_per_child: int = 0,
-        max_memory_per_child: int = 0,
-        records: RecordsDir | None = None,
-        orphan_timeout: float = 600.0,
-        oom_score_adj: int = 0,
-    ) -> None:
-        self.kill_grace = kill_grace
-        self.records = records
+    def __init__(self, options: EngineOptions = EngineOptions()) -> None:
+        self.options = options
+        self.kill_grace = options.kill_grace
+        self.records = options.records
         # What every worker gets. Recycling applies to QueuedLocalWorkers only: a LocalWorker runs
         # one task anyway.
         self.worker_options = WorkerOptions(
-            kill_grace=kill_grace,
-            init=worker_init,
-            max_tasks=max_tasks_per_child,
-            max_rss_mib=max_memory_per_child,
-            records=records,
-            orphan_timeout=orphan_timeout,
-            oom_score_adj=oom_score_adj,
+            kill_grace=options.kill_grace,
+            init=options.worker_init,
+            max_tasks=options.max_tasks_per_child,
+            max_rss_mib=options.max_memory_per_child,
+            records=options.records,
+            orphan_timeout=options.orphan_timeout,
+            oom_score_adj=options.oom_score_adj,
         )
-        self._adopted: dict[Hashable, _Adopted] = {}
         #: A key's next dispatch, submitted while its earlier run was still live (see submit()).
         self._held_behind: dict[Hashable, Job] = {}
-        self.manager: SyncManager | None = None
-        self.result_queue: Any = None
+        self.channel: ResultChannel | None = None
         #: What happened, for metrics: worker_deaths, recycles, timeouts, revokes, channel_restarts, adoptions, memory_limits.
         self.counters: collections.Counter[str] = collections.Counter()
-        # submit() → RUNNING, per job, for the dispatch-latency metric (taken by take_dispatch_latencies).
-        self._submitted: dict[Hashable, float] = {}
-        self._latencies: list[float] = []
-        #: How long recent tasks ran (RUNNING read → end read), for ready_budget().
-        self._runtimes: collections.deque[float] = collections.deque(maxlen=RUNTIME_SAMPLES)
-        self._dispatched: dict[Hashable, _Dispatch] = {}
-        self._revoked: set[int] = set()  # seqs of revoked dispatches whose reports are dropped
-        self._kill_at: dict[int, float] = {}  # process group → when SIGKILL follows the SIGTERM
+        self._stopper = GroupStopper(options.kill_grace)
+        self.ledger = Ledger(self.counters, self._stopper.stop, self._forget_record)
+        # The ledger's books, under the names the engine's code reads them by.
+        self._dispatched = self.ledger.dispatched
+        self._revoked = self.ledger.revoked
+        self._submitted = self.ledger.submitted
+        self._adopted = Adoptions(options.records, self._stopper, self.counters)
         self._recycled: set[int] = set()  # worker pids that left on purpose
         self._stale: set[int] = set()  # worker pids bound to a Manager that died
         self._started = False
         self._ending = False
+
+    @property
+    def result_queue(self) -> WorkQueue | None:
+        """The queue workers report on (None before start() and after the end)."""
+        return self.channel.results if self.channel is not None else None
+
+    @property
+    def _results(self) -> WorkQueue:
+        if self.channel is None:
+            raise RuntimeError(f"{type(self).__name__} has no result queue: it was not started, or has ended.")
+        return self.channel.results
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -186,9 +134,7 @@ class _Strategy:
         self._started = True
 
     def _open_channel(self) -> None:
-        self.manager = _Manager(ctx=_FORK)
-        self.manager.start(initializer=_manager_init)
-        self.result_queue = self.manager.Queue()
+        self.channel = ResultChannel()
 
     def submit(self, job: Job) -> None:
         if not self._started or self._ending:
@@ -202,7 +148,10 @@ class _Strategy:
             # after deferral (the trigger fired fast), a retry racing sync(). It runs once that run has
             # ended, never beside it; the earlier run's reports keep their own dispatch number.
             self._held_behind[job.key] = job
-            log.info("forklift: %s queued again while its earlier run is live; it runs once that run ends.", job.title or job.key)
+            log.info(
+                "forklift: %s queued again while its earlier run is live; it runs once that run ends.",
+                job.title or job.key,
+            )
             return
         self._submitted[job.key] = time.monotonic()
         self._accept(job)
@@ -216,13 +165,13 @@ class _Strategy:
         dead = self._dead_workers()
         try:
             results = self._drain(block_for=timeout)
-        except _CHANNEL_ERRORS as exc:
+        except CHANNEL_ERRORS as exc:
             results = []
             self._restore_channel(exc)
         results.extend(self._fail_lost(dead))
         results.extend(self._fail_unclaimed())
-        results.extend(self._poll_adopted())
-        self._escalate_kills()
+        results.extend(self._adopted.poll())
+        self._stopper.escalate()
         self._after_poll(dead)
         for result in results:
             if result.state != RUNNING:
@@ -245,14 +194,13 @@ class _Strategy:
 
     def _withdraw_held(self) -> list[Result]:
         reason = "withdrawn: forklift was shutting down before it started"
-        results = [Result(key, FAILED, reason, 0) for key in self._held_behind]
+        results: list[Result] = [Finished.failed(key, Cause.WITHDRAWN, reason) for key in self._held_behind]
         self._held_behind.clear()
         return results
 
     def take_dispatch_latencies(self) -> list[float]:
         """Seconds from submit() to the task's process running, for each job that started since the last call."""
-        out, self._latencies = self._latencies, []
-        return out
+        return self.ledger.take_latencies()
 
     def revoke(self, key: Hashable) -> str:
         """Withdraw ``key`` if it has not started, stop its process group if it has.
@@ -268,10 +216,8 @@ class _Strategy:
         if self._withdraw(key):
             self.counters["revokes"] += 1
             return "withdrawn"
-        adopted = self._adopted.pop(key, None)
-        if adopted is not None:
+        if self._adopted.revoke(key):
             self.counters["revokes"] += 1
-            self._stop_adopted(adopted)
             return "stopped"
         dispatch = self._dispatched.pop(key, None)
         if dispatch is None:
@@ -281,7 +227,7 @@ class _Strategy:
             return "withdrawn"
         self._revoked.add(dispatch.seq)
         if dispatch.task_pid:
-            self._stop_group(dispatch.task_pid)
+            self._stopper.stop(dispatch.task_pid)
             return "stopped"
         return "stopped when it starts"  # a worker has taken it but not started it yet
 
@@ -298,17 +244,17 @@ class _Strategy:
         results = self._withdraw_pending() + self._withdraw_held()
         try:
             self._ask_workers_to_stop()
-        except _CHANNEL_ERRORS as exc:
+        except CHANNEL_ERRORS as exc:
             log.warning("forklift: could not hand workers their stop message (%s); stopping them.", exc)
             timeout = 0
         deadline = time.monotonic() + timeout
         while self._live_workers() and time.monotonic() < deadline and not escalate():
             try:
                 results.extend(self._drain(block_for=_END_POLL_SECONDS))
-            except _CHANNEL_ERRORS:
+            except CHANNEL_ERRORS:
                 break
         results.extend(self.poll_final())
-        results.extend(self._poll_adopted())
+        results.extend(self._adopted.poll())
         if leave_running and self.records is not None:
             return results + self._leave_running()
         if self._live_workers() or self._dispatched:
@@ -325,7 +271,7 @@ class _Strategy:
         dead = self._dead_workers()
         try:
             results = self._drain()
-        except _CHANNEL_ERRORS:
+        except CHANNEL_ERRORS:
             results = []
         results.extend(self._fail_lost(dead))
         return results
@@ -335,36 +281,32 @@ class _Strategy:
         and each worker; then shut the manager down. Returns FAILED results for unfinished jobs."""
         self._ending = True
         results = self._withdraw_pending() + self._withdraw_held()
-        groups = [d.task_pid for d in self._dispatched.values() if d.task_pid] + list(self._kill_at)
+        groups = [d.task_pid for d in self._dispatched.values() if d.task_pid] + self._stopper.take_pending()
         workers = list(self._workers())
         # Workers are our children: multiprocessing reaps them. Only their descendants are
         # waited for through psutil (which would otherwise reap the workers behind join()'s back).
         tasks = self._descendants(workers)
         # Adopted tasks belong to another engine's workers: stopped the same way, waited for by polling.
-        for key, adopted in list(self._adopted.items()):
-            task = adopted.record.task
+        for key, record in self._adopted.take_all():
+            task = record.task
             if task is not None and task.alive():
                 groups.append(task.pid)
                 try:
                     tasks.append(psutil.Process(task.pid))
                 except psutil.NoSuchProcess:
                     pass
-            if adopted.pidfd is not None:
-                os.close(adopted.pidfd)
-            del self._adopted[key]
-            results.append(Result(key, FAILED, "stopped by forklift at shutdown before it finished", adopted.record.worker.pid))
+            results.append(Finished.failed(key, Cause.STOPPED_AT_SHUTDOWN, STOPPED_AT_SHUTDOWN, record.worker.pid))
         # 1. Tasks first, gently: each task's whole process group gets SIGTERM and kill_grace to go.
         for pgid in groups:
-            _signal_group(pgid, signal.SIGTERM)
+            signal_group(pgid, signal.SIGTERM)
         for proc in tasks:
-            _signal_proc(proc, signal.SIGTERM)
+            signal_process(proc, signal.SIGTERM)
         _, alive = psutil.wait_procs(tasks, timeout=self.kill_grace)
         for pgid in groups:
-            _signal_group(pgid, signal.SIGKILL)
+            signal_group(pgid, signal.SIGKILL)
         for proc in alive:
-            _signal_proc(proc, signal.SIGKILL)
+            signal_process(proc, signal.SIGKILL)
         psutil.wait_procs(alive, timeout=self.kill_grace)
-        self._kill_at.clear()
         # Whatever a task started outside its worker's tree is still in the task's session.
         for pgid in groups:
             kill_session(pgid)
@@ -378,14 +320,14 @@ class _Strategy:
             if worker.is_alive():
                 worker.kill()
         self._reap_workers()
-        if self.result_queue is not None and self.manager is not None:
+        if self.channel is not None:
             try:
                 results.extend(r for r in self._drain() if r.state != RUNNING)
-            except Exception as exc:  # the manager may be gone already; nothing more to read then
+            except Exception as exc:  # noqa: BLE001 - the manager may be gone already; nothing more to read then
                 log.debug("forklift: could not read final results: %s", exc)
         for key, dispatch in list(self._dispatched.items()):
             results.append(
-                Result(key, FAILED, "stopped by forklift at shutdown before it finished", dispatch.worker_pid or 0)
+                Finished.failed(key, Cause.STOPPED_AT_SHUTDOWN, STOPPED_AT_SHUTDOWN, dispatch.worker_pid or 0)
             )
             del self._dispatched[key]
             self._forget_record(key)
@@ -413,69 +355,7 @@ class _Strategy:
             return False
         if key in self._dispatched or key in self._adopted or self._is_pending(key):
             return True  # ours already
-        record = self.records.read(key)
-        if record is None or record.boot != boot_id():
-            return False
-        pidfd = None
-        if not record.finished:
-            pidfd = _open_pidfd(record.worker)
-            if pidfd is None and not record.worker.alive():
-                # Its worker is gone without an outcome: nobody can vouch for the task any more.
-                if record.task is not None and record.task.alive():
-                    kill_session(record.task.pid)
-                log.warning("forklift: not adopting %s: its worker %d is gone.", record.title or key, record.worker.pid)
-                self.records.remove(key)
-                return False
-        self.records.claim(key, ProcessId.me())
-        self._adopted[key] = _Adopted(record, pidfd)
-        self.counters["adoptions"] += 1
-        log.info(
-            "forklift: adopted %s (%s; worker pid %d)",
-            record.title or key,
-            "still running" if not record.finished else f"already {record.state}",
-            record.worker.pid,
-        )
-        return True
-
-    def _poll_adopted(self) -> list[Result]:
-        """Adopted tasks whose worker has exited: their outcome, as the worker recorded it."""
-        if not self._adopted:
-            return []
-        fds = [a.pidfd for a in self._adopted.values() if a.pidfd is not None]
-        ready = set(select.select(fds, [], [], 0)[0]) if fds else set()
-        out: list[Result] = []
-        for key, adopted in list(self._adopted.items()):
-            if adopted.pidfd is not None:
-                if adopted.pidfd not in ready:
-                    continue
-            elif not adopted.record.finished and adopted.record.worker.alive():
-                continue
-            out.append(self._adopted_outcome(key, adopted))
-            del self._adopted[key]
-        return out
-
-    def _adopted_outcome(self, key: Hashable, adopted: _Adopted) -> Result:
-        assert self.records is not None
-        if adopted.pidfd is not None:
-            os.close(adopted.pidfd)
-        record = self.records.read(key) or adopted.record
-        self.records.remove(key)
-        worker = record.worker.pid
-        if record.finished:
-            return Result(key, record.state, record.reason, worker)
-        if record.task is not None and record.task.alive():
-            kill_session(record.task.pid)  # unsupervised now: stop what is left of it
-        reason = f"forklift worker pid {worker} (of an earlier scheduler) died while running it"
-        log.error("forklift: %s: %s", record.title or key, reason)
-        return Result(key, FAILED, reason, worker)
-
-    def _stop_adopted(self, adopted: _Adopted) -> None:
-        task = adopted.record.task
-        if task is not None and task.alive():
-            self._stop_group(task.pid)
-        if adopted.pidfd is not None:
-            os.close(adopted.pidfd)
-            adopted.pidfd = None
+        return self._adopted.adopt(key)
 
     def _leave_running(self) -> list[Result]:
         """End without stopping running tasks: their workers carry on and write their outcomes for
@@ -495,17 +375,14 @@ class _Strategy:
                 ", ".join(map(str, running)),
             )
         self._dispatched.clear()
-        for adopted in self._adopted.values():
-            if adopted.pidfd is not None:
-                os.close(adopted.pidfd)
-        self._adopted.clear()
+        self._adopted.release()
         self._shutdown_manager()
         return []
 
     def _forget_record(self, key: Hashable) -> None:
         if self.records is not None:
             try:
-                self.records.remove(key)
+                self.records.remove(key, claimed=False)  # adopted tasks' records go through Adoptions
             except OSError as exc:  # a leftover record is swept later; never fail a result over it
                 log.debug("forklift: could not remove the record of %r: %s", key, exc)
 
@@ -514,8 +391,7 @@ class _Strategy:
 
     @property
     def manager_pid(self) -> int | None:
-        process = getattr(self.manager, "_process", None)
-        return process.pid if process is not None else None
+        return self.channel.pid if self.channel is not None else None
 
     # -- hooks for the two strategies -------------------------------------------------------
     def _accept(self, job: Job) -> None:
@@ -530,7 +406,7 @@ class _Strategy:
     def _withdraw_pending(self) -> list[Result]:
         return []
 
-    def _take_back(self, dispatch: _Dispatch) -> bool:
+    def _take_back(self, dispatch: Dispatch) -> bool:
         """Take a handed-over job back before any worker starts it; False if that is too late."""
         return False
 
@@ -560,71 +436,15 @@ class _Strategy:
         return [w for w in self._workers() if not w.is_alive()]
 
     def _drain(self, block_for: float = 0.0) -> list[Result]:
-        out: list[Result] = []
-        q = self.result_queue
-        if q is None:
-            return out
-        raws: list[Any] = []
-        if block_for > 0:
-            try:
-                raws.append(q.get(timeout=block_for))
-            except queue.Empty:
-                return out
-        while True:
-            batch = q.drain(_DRAIN_BATCH)
-            raws.extend(batch)
-            if len(batch) < _DRAIN_BATCH:
-                break
-        for raw in raws:
-            result = Result(*raw)
-            if self._record(result):
-                out.append(result)
-        return out
+        if self.channel is None:
+            return []
+        return [message for message in self.channel.drain(block_for) if self._record(message)]
 
-    def _record(self, result: Result) -> bool:
-        """Update bookkeeping; False for a result that is not to be passed on."""
-        if result.state == RECYCLED:
-            self._recycled.add(result.worker_pid)
-            self.counters["recycles"] += 1
-            log.info("forklift: worker %d is being replaced: %s", result.worker_pid, result.info)
-            return False
-        if result.seq in self._revoked:
-            if result.state == RUNNING and result.info:
-                log.info("forklift: %s was revoked before it started; stopping its process group %d", result.key, result.info)
-                self._stop_group(result.info)
-            else:
-                self._revoked.discard(result.seq)
-                self._forget_record(result.key)
-            return False
-        dispatch = self._dispatched.get(result.key)
-        if dispatch is None or (result.seq and result.seq != dispatch.seq):
-            log.warning("forklift: ignoring a result for %r, which is not running here: %s", result.key, result.state)
-            return False
-        if dispatch.worker_pid and result.worker_pid and dispatch.worker_pid != result.worker_pid:
-            log.warning(
-                "forklift: ignoring a result for %r from worker %d; it runs on worker %d",
-                result.key,
-                result.worker_pid,
-                dispatch.worker_pid,
-            )
-            return False
-        if result.state == RUNNING:
-            dispatch.worker_pid = result.worker_pid
-            dispatch.task_pid = result.info
-            dispatch.started_at = time.monotonic()
-            submitted = self._submitted.get(result.key)
-            if submitted is not None:
-                self._latencies.append(time.monotonic() - submitted)
-        else:
-            if isinstance(result.info, str) and result.info.startswith("timed out"):
-                self.counters["timeouts"] += 1
-            if isinstance(result.info, str) and result.info.startswith("exceeded its memory limit"):
-                self.counters["memory_limits"] += 1
-            if dispatch.started_at is not None:
-                self._runtimes.append(time.monotonic() - dispatch.started_at)
-            del self._dispatched[result.key]
-            self._forget_record(result.key)
-        return True
+    def _record(self, message: Message) -> TypeGuard[Result]:
+        """Update bookkeeping; False for a message that is not to be passed on."""
+        if isinstance(message, Recycled):
+            self._recycled.add(message.worker_pid)
+        return self.ledger.record(message)
 
     def ready_budget(self, horizon: float) -> int:
         """How many tasks are worth holding ready beyond the ones running: 0 here (see LimitedParallelism)."""
@@ -637,8 +457,10 @@ class _Strategy:
             status = worker.exitcode if worker.exitcode is not None else -signal.SIGKILL
             held_work = any(d.worker_pid == worker.pid for d in self._dispatched.values())
             # A LocalWorker leaves once it has reported: only leaving with its job unreported is a death.
-            expected = worker.pid in self._recycled or worker.pid in self._stale or not held_work and isinstance(
-                worker, LocalWorker
+            expected = (
+                worker.pid in self._recycled
+                or worker.pid in self._stale
+                or (not held_work and isinstance(worker, LocalWorker))
             )
             if not expected and not self._ending:
                 self.counters["worker_deaths"] += 1
@@ -648,13 +470,18 @@ class _Strategy:
                     recorded = self.records.read(key) if self.records is not None else None
                     if recorded is not None and recorded.finished and recorded.worker.pid == worker.pid:
                         # It could not report (its channel was gone), but it wrote down how the task ended.
-                        out.append(Result(key, recorded.state, recorded.reason, worker.pid or 0, dispatch.seq))
+                        out.append(
+                            Finished(
+                                key, recorded.state, recorded.reason, worker.pid or 0, dispatch.seq, recorded.cause
+                            )
+                        )
                         del self._dispatched[key]
                         self._forget_record(key)
                         continue
                     # It has lost its supervisor: stop everything in its session, wherever it went.
                     if dispatch.task_pid:
                         kill_session(dispatch.task_pid)
+                    cause = Cause.LOST_WITH_MANAGER if worker.pid in self._stale else Cause.WORKER_DIED
                     if worker.pid in self._stale:
                         reason = (
                             f"its result was lost with forklift's result-queue manager (worker pid {worker.pid} "
@@ -663,7 +490,7 @@ class _Strategy:
                     else:
                         reason = f"forklift worker pid {worker.pid} {describe_exit(status)} while running it"
                     log.error("forklift: %s: %s", dispatch.job.title or key, reason)
-                    out.append(Result(key, FAILED, reason, worker.pid or 0, dispatch.seq))
+                    out.append(Finished.failed(key, cause, reason, worker.pid or 0, dispatch.seq))
                     del self._dispatched[key]
                     self._forget_record(key)
             self._forget_worker(worker)
@@ -683,25 +510,11 @@ class _Strategy:
             exc,
         )
         self._stale.update(w.pid for w in self._workers() if w.pid is not None)
-        old = self.manager
+        old = self.channel
         self._open_channel()
         self._reopen_queues()
         if old is not None:
-            try:
-                old.shutdown()
-            except Exception as shutdown_exc:  # it is dead already; this only tidies up
-                log.debug("forklift: old manager shutdown: %s", shutdown_exc)
-
-    def _stop_group(self, pgid: int) -> None:
-        _signal_group(pgid, signal.SIGTERM)
-        self._kill_at[pgid] = time.monotonic() + self.kill_grace
-
-    def _escalate_kills(self) -> None:
-        now = time.monotonic()
-        for pgid, when in list(self._kill_at.items()):
-            if now >= when:
-                _signal_group(pgid, signal.SIGKILL)
-                del self._kill_at[pgid]
+            old.close()  # it is dead already; this only tidies up
 
     @staticmethod
     def _descendants(workers: list[_Worker]) -> list[psutil.Process]:
@@ -722,25 +535,21 @@ class _Strategy:
             _close_dead(worker)
 
     def _shutdown_manager(self) -> None:
-        if self.manager is not None:
-            try:
-                self.manager.shutdown()
-            except Exception as exc:  # already dead: nothing to stop
-                log.debug("forklift: manager shutdown: %s", exc)
-            self.manager = None
-        self.result_queue = None
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
 
 
-class UnlimitedParallelism(_Strategy):
+class UnlimitedParallelism(Strategy):
     """One ``LocalWorker`` process per job, started at once; it exits once it has reported."""
 
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
+    def __init__(self, options: EngineOptions = EngineOptions()) -> None:
+        super().__init__(options)
         self._procs: dict[int, LocalWorker] = {}
 
     def _accept(self, job: Job) -> None:
-        dispatch = _Dispatch(job)
-        worker = LocalWorker(self.result_queue, job, dispatch.seq, self.worker_options)
+        dispatch = Dispatch(job)
+        worker = LocalWorker(self._results, job, dispatch.seq, self.worker_options)
         worker.start()
         assert worker.pid is not None
         self._procs[worker.pid] = worker
@@ -755,7 +564,7 @@ class UnlimitedParallelism(_Strategy):
             self._procs.pop(worker.pid, None)
 
 
-class LimitedParallelism(_Strategy):
+class LimitedParallelism(Strategy):
     """Exactly ``parallelism`` ``QueuedLocalWorker`` processes fed from a task queue.
 
     Jobs wait here, highest priority first. At most ``parallelism + prefetch`` are on the task queue
@@ -763,17 +572,18 @@ class LimitedParallelism(_Strategy):
     without waiting for the next ``poll()``. Until a worker takes it, a job can still be withdrawn.
     """
 
-    def __init__(self, parallelism: int, *, prefetch: int = 0, **options: Any) -> None:
+    def __init__(self, parallelism: int, options: EngineOptions = EngineOptions()) -> None:
+        prefetch = options.prefetch
         if parallelism <= 0:
             raise ValueError(
                 f"LimitedParallelism needs parallelism >= 1, got {parallelism!r}; use UnlimitedParallelism for 0."
             )
         if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
             raise ValueError(f"prefetch={prefetch!r} is invalid: use 0 or a positive number of jobs.")
-        super().__init__(**options)
+        super().__init__(options)
         self.parallelism = parallelism
         self.prefetch = prefetch
-        self.task_queue: Any = None
+        self.task_queue: WorkQueue | None = None
         self._pool: dict[int, QueuedLocalWorker] = {}
         self._pending: list[tuple[int, int, Job]] = []
         self._pending_keys: set[Hashable] = set()
@@ -794,18 +604,18 @@ class LimitedParallelism(_Strategy):
 
     def _open_channel(self) -> None:
         super()._open_channel()
-        assert self.manager is not None
-        self.task_queue = self.manager.Queue()
+        assert self.channel is not None
+        self.task_queue = self.channel.new_queue()
 
     def _reopen_queues(self) -> None:
         # Jobs handed to the dead queue that no worker had started go to the new one.
         for dispatch in self._dispatched.values():
             if dispatch.worker_pid is None:
                 dispatch.handed_at = time.monotonic()
-                self.task_queue.put((dispatch.seq, dispatch.job))
+                self._tasks.put((dispatch.seq, dispatch.job))
 
     def _spawn(self) -> None:
-        worker = QueuedLocalWorker(self.task_queue, self.result_queue, self.worker_options, index=next(self._index))
+        worker = QueuedLocalWorker(self._tasks, self._results, self.worker_options, index=next(self._index))
         worker.start()
         assert worker.pid is not None
         self._pool[worker.pid] = worker
@@ -838,16 +648,16 @@ class LimitedParallelism(_Strategy):
         ):
             _, _, job = heapq.heappop(self._pending)
             self._pending_keys.discard(job.key)
-            dispatch = self._dispatched[job.key] = _Dispatch(job)
+            dispatch = self._dispatched[job.key] = Dispatch(job)
             try:
-                self.task_queue.put((dispatch.seq, job))
-            except _CHANNEL_ERRORS as exc:
+                self._tasks.put((dispatch.seq, job))
+            except CHANNEL_ERRORS as exc:
                 self._restore_channel(exc)  # re-queues this job with the others not yet started
-            except Exception as exc:  # e.g. it cannot be pickled: that job fails, the rest go on
+            except Exception as exc:  # noqa: BLE001 - e.g. it cannot be pickled: that job fails, the rest go on
                 del self._dispatched[job.key]
                 reason = f"forklift could not hand it to a worker: {type(exc).__name__}: {exc}"
                 log.error("forklift: %s: %s", job.title or job.key, reason)
-                self._failed_now.append(Result(job.key, FAILED, reason, 0))
+                self._failed_now.append(Finished.failed(job.key, Cause.NOT_STARTED, reason))
 
     def _fail_unclaimed(self) -> list[Result]:
         out, self._failed_now = self._failed_now, []
@@ -863,27 +673,27 @@ class LimitedParallelism(_Strategy):
         if not overdue:
             return []
         try:
-            if self.task_queue.qsize() > 0:
+            if self._tasks.qsize() > 0:
                 return []  # still queued: workers are busy or being replaced, not lost
-        except _CHANNEL_ERRORS:
+        except CHANNEL_ERRORS:
             return []
-        out = []
+        out: list[Result] = []
         for key, dispatch in overdue:
             reason = f"lost before it started: no worker reported starting it within {CLAIM_TIMEOUT:g} s"
             log.error("forklift: %s: %s", dispatch.job.title or key, reason)
-            out.append(Result(key, FAILED, reason, 0))
+            out.append(Finished.failed(key, Cause.LOST_BEFORE_START, reason))
             del self._dispatched[key]
         return out
 
     def _withdraw_pending(self) -> list[Result]:
         reason = "withdrawn: forklift was shutting down before it started"
-        results = [Result(job.key, FAILED, reason, 0) for _, _, job in self._pending]
+        results: list[Result] = [Finished.failed(job.key, Cause.WITHDRAWN, reason) for _, _, job in self._pending]
         self._pending.clear()
         self._pending_keys.clear()
         # Prefetched jobs no worker has taken yet must not run before the workers' stop messages.
         try:
-            handed = self.task_queue.drain(_DRAIN_BATCH)
-        except _CHANNEL_ERRORS:
+            handed = self._tasks.drain(DRAIN_BATCH)
+        except CHANNEL_ERRORS:
             handed = []
         for item in handed:
             if not item:
@@ -892,13 +702,13 @@ class LimitedParallelism(_Strategy):
             dispatch = self._dispatched.get(job.key)
             if dispatch is not None and dispatch.seq == seq:
                 del self._dispatched[job.key]
-                results.append(Result(job.key, FAILED, reason, 0))
+                results.append(Finished.failed(job.key, Cause.WITHDRAWN, reason))
         return results
 
-    def _take_back(self, dispatch: _Dispatch) -> bool:
+    def _take_back(self, dispatch: Dispatch) -> bool:
         try:
-            return bool(self.task_queue.remove(dispatch.seq))
-        except _CHANNEL_ERRORS:
+            return bool(self._tasks.remove(dispatch.seq))
+        except CHANNEL_ERRORS:
             return False
 
     def _workers(self) -> Iterable[_Worker]:
@@ -916,12 +726,18 @@ class LimitedParallelism(_Strategy):
                 self._spawn()
         try:
             self._feed()
-        except _CHANNEL_ERRORS as exc:
+        except CHANNEL_ERRORS as exc:
             self._restore_channel(exc)
 
     def _ask_workers_to_stop(self) -> None:
         for _ in self._live_workers():
-            self.task_queue.put(None)
+            self._tasks.put(None)
+
+    @property
+    def _tasks(self) -> WorkQueue:
+        if self.task_queue is None:
+            raise RuntimeError("LimitedParallelism has no task queue: it was not started, or has ended.")
+        return self.task_queue
 
     @property
     def pending_keys(self) -> set[Hashable]:
@@ -937,49 +753,18 @@ class LimitedParallelism(_Strategy):
         until a task has finished here: a held task that waits past ``[scheduler] task_queued_timeout``
         is revoked by the scheduler, so long tasks must never have work queued behind them.
         """
-        if not self.prefetch or not self._runtimes:
-            return 0
-        now = time.monotonic()
-        typical = max(statistics.median(self._runtimes), 0.05)
-        busy = [now - d.started_at for d in self._dispatched.values() if d.started_at is not None]
-        stuck = sum(1 for elapsed in busy if elapsed > max(horizon, 3 * typical))
-        cycling = max(0, self.parallelism - stuck)
-        return min(self.prefetch, int(cycling * horizon / typical))
+        return self.ledger.ready_budget(self.parallelism, self.prefetch, horizon)
 
 
-def make_strategy(parallelism: int, **options: Any) -> _Strategy:
-    """``0`` → :class:`UnlimitedParallelism`; ``N > 0`` → :class:`LimitedParallelism` with N workers.
-
-    ``options`` are :class:`_Strategy`'s: ``kill_grace``, ``worker_init``, ``max_tasks_per_child``,
-    ``max_memory_per_child``; and ``prefetch``, which only LimitedParallelism uses.
-    """
-    prefetch = options.pop("prefetch", 0)
+def make_strategy(parallelism: int, options: EngineOptions = EngineOptions()) -> Strategy:
+    """``0`` → :class:`UnlimitedParallelism`; ``N > 0`` → :class:`LimitedParallelism` with N workers."""
     if isinstance(parallelism, bool) or not isinstance(parallelism, int) or parallelism < 0:
         raise ValueError(
             f"parallelism={parallelism!r} is invalid: use 0 (one process per task) or a positive number of workers."
         )
     if parallelism == 0:
-        return UnlimitedParallelism(**options)
-    return LimitedParallelism(parallelism, prefetch=prefetch, **options)
-
-
-def _open_pidfd(proc: ProcessId) -> int | None:
-    """A pidfd for ``proc`` (readable once it exits), or None if it is gone or the kernel has none.
-
-    The start time is checked after opening: the fd then names that very process, never a later one
-    that reused its pid.
-    """
-    pidfd_open = getattr(os, "pidfd_open", None)
-    if pidfd_open is None:
-        return None
-    try:
-        fd = int(pidfd_open(proc.pid))
-    except OSError:
-        return None
-    if not proc.alive():
-        os.close(fd)
-        return None
-    return fd
+        return UnlimitedParallelism(options)
+    return LimitedParallelism(parallelism, options)
 
 
 def _close_dead(worker: _Worker) -> None:
@@ -987,17 +772,3 @@ def _close_dead(worker: _Worker) -> None:
     worker.join(timeout=0)
     if worker.exitcode is not None:
         worker.close()
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _signal_proc(proc: psutil.Process, sig: signal.Signals) -> None:
-    try:
-        proc.send_signal(sig)
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        pass

@@ -101,7 +101,7 @@ def _on_sigchld(signum: int, frame: FrameType | None) -> None:
         return
     try:
         wake_epolls()
-    except Exception:  # noqa: BLE001 - a missed wake costs only the supervisor's own timeout
+    except Exception:  # noqa: BLE001, S110 - a missed wake costs only the supervisor's own timeout
         pass
     _tell_worker_the_task_ended()
 
@@ -125,7 +125,7 @@ def _tell_worker_the_task_ended() -> None:
         return  # a child stopped or continued; none has exited
     _state["told"] = True
     try:
-        os.kill(int(worker), signal.SIGUSR1)  # type: ignore[call-overload]
+        os.kill(int(worker), signal.SIGUSR1)
     except OSError:
         pass
 

@@ -4,8 +4,8 @@ Workers are forked from the executor's process so they start warm (Airflow alrea
 A worker never runs a task in its own process: it hands each job to :func:`forklift.runners.run_job`,
 which gives the task a process (and process group) of its own, and reports on the result queue
 
-    Result(key, RUNNING, task_pid, worker_pid)   as soon as the task's process exists
-    Result(key, SUCCESS | FAILED, reason, worker_pid)   when it has ended
+    Started(key, task_pid, worker_pid, seq)   as soon as the task's process exists
+    Finished(key, SUCCESS | FAILED, reason, worker_pid, seq, cause)   when it has ended
 
 With a records directory (``WorkerOptions.records``), a worker also writes each task's record there
 (:mod:`forklift.handover`) and outlives its scheduler: when the scheduler dies or exits, the kernel
@@ -23,10 +23,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from forklift.handover import ProcessId, RecordsDir, TaskRecord, boot_id
-from forklift.jobs import FAILED, RECYCLED, RUNNING, Job, Result
+from forklift.jobs import FAILED, RUNNING, Cause, Finished, Job, Message, Recycled, Started, WorkQueue
 from forklift.lifeline import become_subreaper, die_with_parent, kill_session, stop_children, stop_session
 from forklift.proctitle import set_title
 from forklift.runners import run_job
@@ -66,7 +65,7 @@ class ResultChannelClosed(Exception):
 
 
 class _Worker(_FORK.Process):  # type: ignore[name-defined,misc]
-    def __init__(self, result_queue: Any, options: WorkerOptions, *, name: str | None = None) -> None:
+    def __init__(self, result_queue: WorkQueue, options: WorkerOptions, *, name: str | None = None) -> None:
         super().__init__(name=name, daemon=True)
         self.result_queue = result_queue
         self.options = options
@@ -77,7 +76,7 @@ class _Worker(_FORK.Process):  # type: ignore[name-defined,misc]
         self._leaving = False  # take no further work: finish the task in hand, then exit
         self._orphaned = False  # the scheduler is gone
         self._channel_closed = False
-        self._stop_reason: str | None = None  # set when forklift stops an unadopted task
+        self._stop_reason: str | None = None  # set when forklift stops an unadopted task (Cause.ORPHANED)
         self._task: ProcessId | None = None  # the running task's process, as its record names it
         self._watchdog: threading.Thread | None = None
         self._detached_stopped: list[tuple[int, str]] = []  # stopped on the supervisor's word (SIGUSR1)
@@ -174,24 +173,26 @@ class _Worker(_FORK.Process):  # type: ignore[name-defined,misc]
     def _started(self, job: Job, seq: int, pid: int) -> None:
         self._task_pgid = pid
         self._task = ProcessId.of(pid)
-        self._record(job, RUNNING, "")
-        self._report(Result(job.key, RUNNING, pid, os.getpid(), seq))
+        self._record(job, RUNNING, "", None)
+        self._report(Started(job.key, pid, os.getpid(), seq))
         if self._orphaned:
             self._watch_while_orphaned()
 
-    def _record(self, job: Job, state: str, reason: str) -> None:
+    def _record(self, job: Job, state: str, reason: str, cause: Cause | None) -> None:
         records = self.options.records
         if records is None or self._me is None:
             return
         try:
             records.write(
                 job.key,
-                TaskRecord(repr(job.key), job.title, boot_id(), self._me, self._task, state, reason, time.time()),
+                TaskRecord(
+                    repr(job.key), job.title, boot_id(), self._me, self._task, state, reason, time.time(), cause
+                ),
             )
         except OSError as exc:  # the record is a safety net; the task runs and reports without it
             log.warning("forklift worker %d: could not write the record of %s: %s", os.getpid(), job.title, exc)
 
-    def _report(self, result: Result) -> None:
+    def _report(self, result: Message) -> None:
         if self._channel_closed:
             return
         try:
@@ -210,7 +211,7 @@ class _Worker(_FORK.Process):  # type: ignore[name-defined,misc]
         me = os.getpid()
         self._job = job
         try:
-            state, reason = run_job(
+            state, reason, cause = run_job(
                 job, lambda pid: self._started(job, seq, pid), self.options.kill_grace, self.options.oom_score_adj
             )
         except ResultChannelClosed:
@@ -218,22 +219,30 @@ class _Worker(_FORK.Process):  # type: ignore[name-defined,misc]
         except Exception as exc:  # the worker must survive anything one job does
             log.exception("forklift worker %d could not run %s", me, job.title or job.key)
             state, reason = FAILED, f"forklift worker {me} could not run it: {type(exc).__name__}: {exc}"
+            cause = Cause.NOT_STARTED
         finally:
             self._task_pgid = None
         for pid, command in self._detached_stopped:
-            log.warning("forklift: %s left pid %d running outside its session (%s); stopped it.", job.title or job.key, pid, command)
+            log.warning(
+                "forklift: %s left pid %d running outside its session (%s); stopped it.",
+                job.title or job.key,
+                pid,
+                command,
+            )
         self._detached_stopped = []
         if self._stop_reason is not None:
-            state, reason = FAILED, f"{self._stop_reason} ({reason})"
-        self._record(job, state, reason)
+            state, reason, cause = FAILED, f"{self._stop_reason} ({reason})", Cause.ORPHANED
+        self._record(job, state, reason, cause)
         self._job = self._task = None
-        self._report(Result(job.key, state, reason, me, seq))
+        self._report(Finished(job.key, state, reason, me, seq, cause))
 
 
 class LocalWorker(_Worker):
     """Runs exactly one job, reports, and exits (``UnlimitedParallelism``)."""
 
-    def __init__(self, result_queue: Any, job: Job, seq: int = 0, options: WorkerOptions = WorkerOptions()) -> None:
+    def __init__(
+        self, result_queue: WorkQueue, job: Job, seq: int = 0, options: WorkerOptions = WorkerOptions()
+    ) -> None:
         super().__init__(result_queue, options, name=f"forklift-LocalWorker[{job.title}]")
         self.job = job
         self.seq = seq
@@ -249,7 +258,14 @@ class QueuedLocalWorker(_Worker):
     that many or grown that big (announcing it with a RECYCLED result), and the pool starts a fresh one.
     """
 
-    def __init__(self, task_queue: Any, result_queue: Any, options: WorkerOptions = WorkerOptions(), *, index: int = 0) -> None:
+    def __init__(
+        self,
+        task_queue: WorkQueue,
+        result_queue: WorkQueue,
+        options: WorkerOptions = WorkerOptions(),
+        *,
+        index: int = 0,
+    ) -> None:
         super().__init__(result_queue, options, name=f"forklift-QueuedLocalWorker-{index}")
         self.task_queue = task_queue
 
@@ -271,7 +287,7 @@ class QueuedLocalWorker(_Worker):
             done += 1
             reason = self._recycle_reason(done)
             if reason:
-                self._report(Result(None, RECYCLED, reason, os.getpid()))
+                self._report(Recycled(os.getpid(), reason))
                 return
 
     def _recycle_reason(self, done: int) -> str | None:

@@ -6,7 +6,6 @@ import socket
 
 import pytest
 
-from support import lookup_from
 from forklift import airflow_compat as compat
 from forklift.doctor import (
     FAIL,
@@ -21,6 +20,8 @@ from forklift.doctor import (
     check_subprocess_mode,
 )
 from forklift.settings import load_settings
+
+from support import lookup_from
 
 
 @pytest.mark.parametrize(
@@ -40,7 +41,12 @@ def test_executor(raw: str, status: str) -> None:
 
 def test_settings_refusal_is_passed_on_with_the_settings_name() -> None:
     check, settings = check_settings(lookup_from({("forklift", "parallelism"): "-2"}), compat.base_parallelism)
-    assert check.status == FAIL and settings is None and "[forklift] parallelism" in check.message and "-2" in check.message
+    assert (
+        check.status == FAIL
+        and settings is None
+        and "[forklift] parallelism" in check.message
+        and "-2" in check.message
+    )
     check, settings = check_settings(lookup_from({("forklift", "parallelism"): "4"}), compat.base_parallelism)
     assert check.status == OK and settings is not None and "16 slots" in check.message
 
@@ -52,7 +58,9 @@ def test_scheduler_cap() -> None:
     check = check_scheduler_cap(from_core, 32)
     assert check.status == OK and "no prefetch" in check.message
     check = check_scheduler_cap(from_core, 32, held_beyond_cap=True)  # forklift is the only executor
-    assert check.status == OK and "32 workers run at most 32 tasks at once; up to 96 more are held ready" in check.message
+    assert (
+        check.status == OK and "32 workers run at most 32 tasks at once; up to 96 more are held ready" in check.message
+    )
     too_many = load_settings(lookup_from({("forklift", "parallelism"): "16"}))
     check = check_scheduler_cap(too_many, 32)
     assert check.status == WARN and "raise it to 64" in check.message
@@ -82,7 +90,7 @@ def test_subprocess_mode_on_airflow_2_needs_airflow_on_path(monkeypatch: pytest.
     assert check_subprocess_mode(load_settings(lookup_from({}), parallelism=1), 2).status == OK  # fork mode
 
 
-def test_handover(tmp_path) -> None:  # noqa: ANN001
+def test_handover(tmp_path) -> None:
     settings = load_settings(lookup_from({}), parallelism=2)
     check = check_handover(settings, str(tmp_path / "records"))
     assert check.status == OK and "outlive" in check.message and str(tmp_path / "records") in check.message

@@ -32,7 +32,9 @@ def test_declared_defaults_are_the_codes_defaults() -> None:
     """Airflow hands forklift the declared defaults once providers' config is loaded: they must parse to
     exactly what forklift uses when nothing is set at all."""
     declared = {key: opt["default"] for key, opt in CONFIG_OPTIONS.items()}
-    with_defaults = load_settings(lambda section, key: declared.get(key) if section == "forklift" else None, parallelism=4)
+    with_defaults = load_settings(
+        lambda section, key: declared.get(key) if section == "forklift" else None, parallelism=4
+    )
     bare = load_settings(lambda section, key: None, parallelism=4)
     assert with_defaults == bare
 

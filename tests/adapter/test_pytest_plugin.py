@@ -31,7 +31,7 @@ EXECUTOR_TEST = textwrap.dedent(
     def test_runs_work_and_reports(forklift_executor):
         ex = forklift_executor.executor
         assert ex.settings.parallelism == 1 and ex.settings.prefetch_multiplier == 1
-        assert len(ex.impl.worker_pids()) == 1
+        assert len(ex.strategy.worker_pids()) == 1
         # Neither task can succeed here (no DAG, no API server): each still gets exactly one event.
         events = forklift_executor.run([work("a"), work("b")], timeout=120)
         assert [str(state) for state, _ in events.values()] == ["failed", "failed"]
@@ -52,8 +52,12 @@ def test_forklift_executor_fixture(pytester: pytest.Pytester, monkeypatch: pytes
     monkeypatch.setenv("AIRFLOW__WORKERS__EXECUTION_API_RETRIES", "0")
     monkeypatch.setenv("AIRFLOW__CORE__EXECUTION_API_SERVER_URL", "http://127.0.0.1:9/execution/")
     result = pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning",
-        "-o", "addopts=",
+        "-p",
+        "no:cacheprovider",
+        "-W",
+        "ignore::DeprecationWarning",
+        "-o",
+        "addopts=",
     )
     result.assert_outcomes(passed=3)
 

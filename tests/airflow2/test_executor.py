@@ -43,9 +43,15 @@ def wait_for_event(ex: forklift.LocalExecutor, k: TaskInstanceKey, timeout: floa
 
 @pytest.mark.parametrize(
     "command",
-    [["bash", "-c", "touch {marker}"], ["airflow", "dags", "delete", "d"], "airflow tasks run d t r", [], ["airflow", "tasks"]],
+    [
+        ["bash", "-c", "touch {marker}"],
+        ["airflow", "dags", "delete", "d"],
+        "airflow tasks run d t r",
+        [],
+        ["airflow", "tasks"],
+    ],
 )
-def test_only_airflow_tasks_run_is_accepted(tmp_path: Path, command) -> None:  # noqa: ANN001
+def test_only_airflow_tasks_run_is_accepted(tmp_path: Path, command) -> None:
     marker = tmp_path / "ran"
     if isinstance(command, list):
         command = [part.format(marker=marker) for part in command]
@@ -71,19 +77,21 @@ def test_command_to_job_by_mode() -> None:
     assert fork.env == {compat.PARSING_CONTEXT_DAG_ID: "my_dag", compat.PARSING_CONTEXT_TASK_ID: "my_task"}
 
 
-def test_missing_airflow_executable_fails_the_task_not_the_worker(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_missing_airflow_executable_fails_the_task_not_the_worker(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     """Airflow 2.11's own LocalExecutor loses every worker here and the DAG run hangs forever."""
     monkeypatch.setenv("PATH", str(tmp_path))  # no `airflow` anywhere
     monkeypatch.setenv("AIRFLOW__FORKLIFT__RUN_MODE", "subprocess")
     ex = forklift.LocalExecutor(parallelism=2)
     ex.start()
     try:
-        assert isinstance(ex.impl, LimitedParallelism)
-        workers = set(ex.impl.worker_pids())
+        assert isinstance(ex.strategy, LimitedParallelism)
+        workers = set(ex.strategy.worker_pids())
         for name in ("a", "b", "c"):
             dispatch(ex, key(name), ["airflow", "tasks", "run", "d", name, "r"])
         events = wait_for_events(ex, [key(n) for n in ("a", "b", "c")], timeout=30)
-        assert set(ex.impl.worker_pids()) == workers, "workers must survive"
+        assert set(ex.strategy.worker_pids()) == workers, "workers must survive"
     finally:
         ex.end()
     for state, info in events.values():
@@ -110,7 +118,7 @@ def test_parallelism_zero_is_unlimited_on_airflow_2(monkeypatch: pytest.MonkeyPa
     assert ex.parallelism == 0 and ex.settings.unlimited
     ex.start()
     try:
-        assert isinstance(ex.impl, UnlimitedParallelism)
+        assert isinstance(ex.strategy, UnlimitedParallelism)
     finally:
         ex.end()
 
@@ -142,17 +150,26 @@ def test_revoke_task_on_airflow_2(tmp_path: Path) -> None:
         waiting = ["airflow", "tasks", "run", "d", "waiting", "r"]
         # Both commands are valid; neither gets to run its DAG: the blocker holds the only worker
         # (its process waits on the gate), the second waits in forklift until it is revoked.
-        ex.impl.submit(dataclasses.replace(compat.command_to_job(key("blocker"), blocker, mode=RunMode.SUBPROCESS), runnable=Command([sys.executable, "-c", f"import os, time\nwhile os.path.exists({str(gate)!r}): time.sleep(0.01)"])))
+        ex.strategy.submit(
+            dataclasses.replace(
+                compat.command_to_job(key("blocker"), blocker, mode=RunMode.SUBPROCESS),
+                runnable=Command(
+                    [sys.executable, "-c", f"import os, time\nwhile os.path.exists({str(gate)!r}): time.sleep(0.01)"]
+                ),
+            )
+        )
         ex.running.add(key("blocker"))
         dispatch(ex, key("waiting"), waiting)
         # Held ready for the busy worker (prefetch_multiplier 4), not started by any worker.
-        held = ex.impl._dispatched.get(key("waiting"))
-        assert key("waiting") in ex.impl.pending_keys or (held is not None and held.worker_pid is None)
-        assert len(ex.cleanup_stuck_queued_tasks([SimpleNamespace(key=key("waiting"))])) == 1  # one line per task, for Airflow's log
-        assert key("waiting") not in ex.running and key("waiting") not in ex.impl.pending_keys
-        assert not ex.impl.waiting(key("waiting")) and ex.impl.counters["revokes"] == 1
+        held = ex.strategy._dispatched.get(key("waiting"))
+        assert key("waiting") in ex.strategy.pending_keys or (held is not None and held.worker_pid is None)
+        assert (
+            len(ex.cleanup_stuck_queued_tasks([SimpleNamespace(key=key("waiting"))])) == 1
+        )  # one line per task, for Airflow's log
+        assert key("waiting") not in ex.running and key("waiting") not in ex.strategy.pending_keys
+        assert not ex.strategy.waiting(key("waiting")) and ex.strategy.counters["revokes"] == 1
         ex.revoke_task(ti=SimpleNamespace(key=key("blocker")))
-        assert not ex.running and ex.impl.running_keys == set() and ex.impl.counters["revokes"] == 2
+        assert not ex.running and ex.strategy.running_keys == set() and ex.strategy.counters["revokes"] == 2
     finally:
         gate.unlink(missing_ok=True)
         ex.end()

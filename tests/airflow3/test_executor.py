@@ -13,21 +13,31 @@ from airflow.executors.workloads.task import TaskInstanceDTO
 from airflow.utils.state import TaskInstanceState
 
 import forklift
-from support import wait_for_path
 from forklift import airflow_compat as compat
 from forklift.jobs import Command, ForkCall, Job
 from forklift.settings import ConfigError, RunMode
 from forklift.strategies import LimitedParallelism, UnlimitedParallelism
+
+from support import wait_for_path
 
 TOKEN = "jwt-secret-token-value"
 
 
 def make_workload(task_id: str = "t1", priority: int = 1) -> ExecuteTask:
     ti = TaskInstanceDTO(
-        id=uuid.uuid4(), task_id=task_id, dag_id="d", run_id="r", try_number=1,
-        dag_version_id=uuid.uuid4(), pool_slots=1, priority_weight=priority, queue="default",
+        id=uuid.uuid4(),
+        task_id=task_id,
+        dag_id="d",
+        run_id="r",
+        try_number=1,
+        dag_version_id=uuid.uuid4(),
+        pool_slots=1,
+        priority_weight=priority,
+        queue="default",
     )
-    return ExecuteTask(token=TOKEN, ti=ti, dag_rel_path="d.py", bundle_info=BundleInfo(name="dags-folder"), log_path=None)
+    return ExecuteTask(
+        token=TOKEN, ti=ti, dag_rel_path="d.py", bundle_info=BundleInfo(name="dags-folder"), log_path=None
+    )
 
 
 def test_flags_airflow_reads() -> None:
@@ -45,7 +55,9 @@ def test_importable_the_way_airflow_loads_it() -> None:
     assert cls is forklift.LocalExecutor
 
 
-@pytest.mark.parametrize(("raw", "said"), [("-1", "= -1 is out of range"), ("lots", "= 'lots' is not a whole number"), ("", "is empty")])
+@pytest.mark.parametrize(
+    ("raw", "said"), [("-1", "= -1 is out of range"), ("lots", "= 'lots' is not a whole number"), ("", "is empty")]
+)
 def test_bad_parallelism_refused_at_construction(monkeypatch: pytest.MonkeyPatch, raw: str, said: str) -> None:
     monkeypatch.setenv("AIRFLOW__FORKLIFT__PARALLELISM", raw)
     with pytest.raises(ConfigError, match=r"\[forklift\] parallelism") as err:
@@ -68,11 +80,11 @@ def test_unlimited_offers_core_parallelism_slots(monkeypatch: pytest.MonkeyPatch
     assert ex.settings.parallelism == 0 and ex.parallelism == 7
     ex.start()
     try:
-        assert isinstance(ex.impl, UnlimitedParallelism)
+        assert isinstance(ex.strategy, UnlimitedParallelism)
         assert ex.result_queue is not None
     finally:
         ex.end()
-    assert ex.impl is None
+    assert ex.strategy is None
 
 
 def test_core_parallelism_zero_is_explained(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -90,7 +102,7 @@ def test_limited_from_config_and_run_mode(monkeypatch: pytest.MonkeyPatch) -> No
     assert ex.parallelism == 3 * 4  # the slots the scheduler sees: [forklift] prefetch_multiplier 4 by default
     ex.start()
     try:
-        assert isinstance(ex.impl, LimitedParallelism) and len(ex.impl.worker_pids()) == 3
+        assert isinstance(ex.strategy, LimitedParallelism) and len(ex.strategy.worker_pids()) == 3
     finally:
         ex.end()
 
@@ -112,7 +124,7 @@ class TestWorkloadToJob:
         assert job.env == {compat.PARSING_CONTEXT_DAG_ID: "d", compat.PARSING_CONTEXT_TASK_ID: "t1"}
 
 
-def _gated_job(workload, **_: object) -> Job:  # noqa: ANN001 - stands in for workload_to_job
+def _gated_job(workload, **_: object) -> Job:
     """A job that runs until its gate file is removed: lets the test hold a slot as long as it likes."""
     gate = GATES[workload.ti.task_id]
     code = "import os, sys, time\nopen(sys.argv[1] + '.started', 'w').close()\nwhile os.path.exists(sys.argv[1]): time.sleep(0.01)"
@@ -156,11 +168,9 @@ def test_slot_held_until_result(monkeypatch: pytest.MonkeyPatch, tmp_path) -> No
     assert not ex.running
 
 
-
-
 @pytest.mark.forklift(parallelism=2, prefetch_multiplier=2)
 def test_prefetched_work_starts_without_waiting_for_the_scheduler(
-    forklift_executor, monkeypatch: pytest.MonkeyPatch, tmp_path  # noqa: ANN001 - the plugin's fixture
+    forklift_executor, monkeypatch: pytest.MonkeyPatch, tmp_path
 ) -> None:
     """With prefetch_multiplier 2 and 2 workers the scheduler sees 4 slots; the 2 tasks held ready start
     the moment a worker frees, with no heartbeat in between, and one still waiting can be revoked unrun.
@@ -196,7 +206,9 @@ def test_prefetched_work_starts_without_waiting_for_the_scheduler(
             gate.unlink()
 
 
-def test_a_key_queued_again_while_its_run_is_live_is_held_not_refused(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+def test_a_key_queued_again_while_its_run_is_live_is_held_not_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
     """As when a deferred task resumes before its first run's result is read: the second dispatch waits
     for the first to end, the key keeps its slot in between (Airflow reads that as "re-queued", and does
     not fail the task), and each run gets its own event."""
@@ -243,9 +255,7 @@ def test_a_key_queued_again_while_its_run_is_live_is_held_not_refused(monkeypatc
 def test_executor_config_memory_limit_reaches_the_job_and_a_bad_one_fails_only_that_task() -> None:
     good = make_workload("limited")
     good.ti.executor_config = {"forklift": {"memory_limit_mb": 1024}}
-    job = compat.workload_to_job(
-        good, mode=RunMode.FORK, server="http://x/", memory_limit=1024
-    )
+    job = compat.workload_to_job(good, mode=RunMode.FORK, server="http://x/", memory_limit=1024)
     assert job.memory_limit_mib == 1024 and compat.executor_config_of(good) == {"forklift": {"memory_limit_mb": 1024}}
     assert "executor_config" not in good.model_dump_json(), "it never reaches the task's JSON"
     bad = make_workload("bad")
@@ -270,7 +280,7 @@ def test_executor_config_memory_limit_reaches_the_job_and_a_bad_one_fails_only_t
     [("forklift.LocalExecutor", True), ("LocalExecutor,forklift.LocalExecutor", False)],
 )
 def test_defaults_hold_tasks_ready_without_counting_them_against_core_parallelism(
-    monkeypatch: pytest.MonkeyPatch, tmp_path, executors: str, held_uncounted: bool  # noqa: ANN001
+    monkeypatch: pytest.MonkeyPatch, tmp_path, executors: str, held_uncounted: bool
 ) -> None:
     """``[core] parallelism = 2`` alone: 2 workers, and (as the scheduler's only executor, once tasks are
     seen to be short) up to 6 more held ready that the scheduler does not count against its cap of 2.

@@ -6,15 +6,16 @@ from pathlib import Path
 
 import psutil
 import pytest
-from helpers import descendants
 
-from forklift.strategies import _Strategy, make_strategy
+from forklift.strategies import EngineOptions, Strategy, make_strategy
+
+from helpers import descendants
 
 
 @pytest.fixture(params=[0, 2], ids=["unlimited", "limited2"])
-def strategy(request: pytest.FixtureRequest) -> Iterator[_Strategy]:
+def strategy(request: pytest.FixtureRequest) -> Iterator[Strategy]:
     before = descendants()
-    s = make_strategy(request.param, kill_grace=2.0)
+    s = make_strategy(request.param, EngineOptions(kill_grace=2.0))
     s.start()
     try:
         yield s

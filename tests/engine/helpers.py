@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Hashable, Iterator
-from pathlib import Path
+from collections.abc import Hashable
 
 import psutil
 
 from forklift.jobs import RUNNING, Result
-from forklift.strategies import _Strategy
+from forklift.strategies import Strategy
 
 
-def wait_for_results(strategy: _Strategy, keys: set[Hashable], timeout: float = 30) -> dict[Hashable, Result]:
+def wait_for_results(strategy: Strategy, keys: set[Hashable], timeout: float = 30) -> dict[Hashable, Result]:
     """Poll (blocking on the result queue) until every key has a final result."""
     final: dict[Hashable, Result] = {}
     deadline = time.monotonic() + timeout
@@ -27,7 +25,7 @@ def wait_for_results(strategy: _Strategy, keys: set[Hashable], timeout: float = 
     return final
 
 
-def wait_for_running(strategy: _Strategy, *keys: Hashable, timeout: float = 30) -> None:
+def wait_for_running(strategy: Strategy, *keys: Hashable, timeout: float = 30) -> None:
     """Poll until every key has reported RUNNING (its other results are dropped)."""
     waiting = set(keys)
     deadline = time.monotonic() + timeout

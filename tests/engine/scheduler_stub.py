@@ -19,11 +19,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import jobfns  # noqa: E402
+from forklift.handover import RecordsDir
+from forklift.jobs import RUNNING, Command, ForkCall, Job
+from forklift.strategies import EngineOptions, make_strategy
 
-from forklift.handover import RecordsDir  # noqa: E402
-from forklift.jobs import RUNNING, Command, ForkCall, Job  # noqa: E402
-from forklift.strategies import make_strategy  # noqa: E402
+import jobfns
 
 TASK = (
     "import os, sys, time; start = time.time(); sys.stdin.read(); time.sleep(float(sys.argv[2])); "
@@ -35,10 +35,12 @@ def main() -> None:
     spec = json.loads(sys.argv[1])
     engine = make_strategy(
         spec["parallelism"],
-        kill_grace=1.0,
-        prefetch=4,  # LimitedParallelism: jobs beyond the workers wait on the task queue, held ready
-        records=RecordsDir(spec["records"]).ensure(),
-        orphan_timeout=spec.get("orphan_timeout", 600.0),
+        EngineOptions(
+            kill_grace=1.0,
+            prefetch=4,  # LimitedParallelism: jobs beyond the workers wait on the task queue, held ready
+            records=RecordsDir(spec["records"]).ensure(),
+            orphan_timeout=spec.get("orphan_timeout", 600.0),
+        ),
     )
     engine.start()
     if spec.get("key"):
@@ -57,7 +59,7 @@ def main() -> None:
             assert time.monotonic() < deadline, "the job never started"
             started = [r for r in engine.poll(timeout=0.2) if r.state == RUNNING and r.key == spec["key"]]
             if started:
-                print(json.dumps({"task_pid": started[0].info, "worker_pid": started[0].worker_pid}), flush=True)
+                print(json.dumps({"task_pid": started[0].task_pid, "worker_pid": started[0].worker_pid}), flush=True)
                 break
     else:
         print(json.dumps({"workers": engine.worker_pids()}), flush=True)

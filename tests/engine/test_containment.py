@@ -10,11 +10,12 @@ from pathlib import Path
 import psutil
 import pytest
 
+from forklift.jobs import FAILED, SUCCESS, Cause, Command, ForkCall, Job
+from forklift.strategies import EngineOptions, make_strategy
+
 import jobfns
 from helpers import wait_for_results
 from support import gone, wait_for_path
-from forklift.jobs import FAILED, SUCCESS, Command, ForkCall, Job
-from forklift.strategies import make_strategy
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -38,7 +39,7 @@ def test_a_detached_sleeper_is_stopped_when_its_task_ends(tmp_path: Path, parall
     else:
         runnable = Command([sys.executable, "-c", DETACH, str(pidfile)])
     kill_grace = 1.0
-    engine = make_strategy(parallelism, kill_grace=kill_grace)
+    engine = make_strategy(parallelism, EngineOptions(kill_grace=kill_grace))
     engine.start()
     try:
         engine.submit(Job("detacher", runnable, title="detacher"))
@@ -69,7 +70,7 @@ def spans(path: Path) -> list[tuple[str, float, float]]:
 @pytest.mark.parametrize("parallelism", [0, 2], ids=["unlimited", "limited"])
 def test_a_key_queued_again_runs_after_its_earlier_run_never_beside_it(tmp_path: Path, parallelism: int) -> None:
     out = tmp_path / "spans"
-    engine = make_strategy(parallelism, kill_grace=1.0)
+    engine = make_strategy(parallelism, EngineOptions(kill_grace=1.0))
     engine.start()
     try:
         for _ in range(5):  # many times in a row
@@ -95,7 +96,7 @@ def test_a_key_queued_again_runs_after_its_earlier_run_never_beside_it(tmp_path:
 def test_a_key_queued_again_after_its_run_ended_unread(tmp_path: Path) -> None:
     """The earlier run has exited, but sync() has not read it yet: the new one still waits for that read."""
     out = tmp_path / "spans"
-    engine = make_strategy(1, kill_grace=1.0)
+    engine = make_strategy(1, EngineOptions(kill_grace=1.0))
     engine.start()
     try:
         engine.submit(Job("k", ForkCall(jobfns.span, (str(out), "first", 0)), title="k"))
@@ -114,7 +115,7 @@ def test_a_key_queued_again_after_its_run_ended_unread(tmp_path: Path) -> None:
 
 def test_a_held_copy_is_withdrawn_by_revoke_and_at_shutdown(tmp_path: Path) -> None:
     out = tmp_path / "spans"
-    engine = make_strategy(2, kill_grace=1.0)
+    engine = make_strategy(2, EngineOptions(kill_grace=1.0))
     engine.start()
     engine.submit(Job("k", ForkCall(jobfns.span, (str(out), "first", 0.5)), title="k"))
     engine.submit(Job("k", ForkCall(jobfns.span, (str(out), "second", 0)), title="k"))
@@ -128,7 +129,7 @@ def test_a_held_copy_is_withdrawn_by_revoke_and_at_shutdown(tmp_path: Path) -> N
     engine.submit(Job("j", ForkCall(jobfns.span, (str(out), "j-second", 0)), title="j"))
     results = engine.end(10)
     assert ("j", FAILED) in [(r.key, r.state) for r in results]
-    assert "withdrawn" in next(r.info for r in results if r.key == "j" and r.state == FAILED)
+    assert "withdrawn" in next(r.reason for r in results if r.key == "j" and r.state == FAILED)
     names = [name for name, _, _ in spans(out)]
     assert "second" not in names and "j-second" not in names, names
 
@@ -154,17 +155,20 @@ def test_a_task_over_its_memory_limit_fails_while_its_neighbour_succeeds(
         hog = ForkCall(jobfns.grow, (600, str(grown)))
     else:
         hog = Command([sys.executable, "-c", GROW, "600", str(grown)])
-    engine = make_strategy(parallelism, kill_grace=1.0)
+    engine = make_strategy(parallelism, EngineOptions(kill_grace=1.0))
     engine.start()
     try:
         engine.submit(Job("hog", hog, title="hog", memory_limit_mib=250))
-        engine.submit(Job("neighbour", ForkCall(jobfns.span, (str(tmp_path / "n"), "n", 1.0)), title="n", memory_limit_mib=250))
+        engine.submit(
+            Job("neighbour", ForkCall(jobfns.span, (str(tmp_path / "n"), "n", 1.0)), title="n", memory_limit_mib=250)
+        )
         results = wait_for_results(engine, {"hog", "neighbour"}, timeout=60)
         hog_result = results["hog"]
-        assert hog_result.state == FAILED and hog_result.info.startswith("exceeded its memory limit: "), hog_result
-        used = int(hog_result.info.split(": ")[1].split(" MiB")[0])
-        assert 250 < used < 450, hog_result.info  # caught within a few samples of crossing the line
-        assert "> 250 MiB" in hog_result.info
+        assert hog_result.state == FAILED and hog_result.reason.startswith("exceeded its memory limit: "), hog_result
+        used = int(hog_result.reason.split(": ")[1].split(" MiB")[0])
+        assert 250 < used < 450, hog_result.reason  # caught within a few samples of crossing the line
+        assert "> 250 MiB" in hog_result.reason
+        assert hog_result.cause is Cause.MEMORY_LIMIT
         assert int(grown.read_text()) < 600, "it was stopped before it took all it asked for"
         assert results["neighbour"].state == SUCCESS
         assert engine.counters["memory_limits"] == 1
@@ -178,15 +182,20 @@ def test_tasks_are_the_oom_killers_first_choice(tmp_path: Path, mode: str) -> No
     if mode == "fork":
         runnable = ForkCall(jobfns.write_oom_score_adj, (str(out),))
     else:
-        runnable = Command([sys.executable, "-c", f"open({str(out)!r}, 'w').write(open('/proc/self/oom_score_adj').read().strip())"])
-    engine = make_strategy(1, kill_grace=1.0, oom_score_adj=500)
+        runnable = Command(
+            [sys.executable, "-c", f"open({str(out)!r}, 'w').write(open('/proc/self/oom_score_adj').read().strip())"]
+        )
+    engine = make_strategy(1, EngineOptions(kill_grace=1.0, oom_score_adj=500))
     engine.start()
     try:
         engine.submit(Job("adj", runnable, title="adj"))
         assert wait_for_results(engine, {"adj"})["adj"].state == SUCCESS
         assert out.read_text() == "500"
         worker = engine.worker_pids()[0]
-        assert Path(f"/proc/{worker}/oom_score_adj").read_text().strip() == Path("/proc/self/oom_score_adj").read_text().strip()
+        assert (
+            Path(f"/proc/{worker}/oom_score_adj").read_text().strip()
+            == Path("/proc/self/oom_score_adj").read_text().strip()
+        )
     finally:
         engine.terminate()
 
@@ -198,7 +207,7 @@ def test_a_detached_child_holding_the_tasks_pipe_does_not_keep_its_supervisor_wa
     """Airflow 3's supervisor waits for its task's pipes to close (up to 60 s). On its word that the task
     process has ended, the worker stops what was detached, so the task ends with its own process."""
     pidfile = tmp_path / "sleeper.pid"
-    engine = make_strategy(parallelism, kill_grace=1.0)
+    engine = make_strategy(parallelism, EngineOptions(kill_grace=1.0))
     engine.start()
     try:
         started = time.monotonic()

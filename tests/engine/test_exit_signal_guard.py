@@ -16,8 +16,9 @@ import threading
 import time
 from pathlib import Path
 
-from support import main_thread_wchan
 import pytest
+
+from support import main_thread_wchan
 
 structlog = pytest.importorskip("structlog")  # Airflow 3's logging; it comes with the test environment
 
@@ -56,7 +57,10 @@ SCENARIO = textwrap.dedent(
 
 def _start(mode: str, log: Path, load: str = "busy") -> subprocess.Popen[str]:
     proc = subprocess.Popen(
-        [sys.executable, "-c", SCENARIO, mode, str(log), load], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", SCENARIO, mode, str(log), load],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     assert proc.stdout is not None and proc.stdout.readline() == "ready\n", proc.stderr
     return proc
@@ -97,12 +101,16 @@ def test_control_without_the_guard_the_handler_deadlocks(tmp_path: Path) -> None
             proc = _start("bare", fifo)
             deadline = time.monotonic() + 30
             while "pipe_write" not in main_thread_wchan(proc.pid):
-                assert time.monotonic() < deadline, f"the loop never blocked on its full log pipe: {main_thread_wchan(proc.pid)!r}"
+                assert time.monotonic() < deadline, (
+                    f"the loop never blocked on its full log pipe: {main_thread_wchan(proc.pid)!r}"
+                )
                 time.sleep(0.01)
             proc.send_signal(signal.SIGTERM)
             # From now on the pipe is read, so a hang is the lock's doing, not the full pipe's.
             os.set_blocking(reader, True)
-            drain = threading.Thread(target=lambda: [None for _ in iter(lambda: os.read(reader, 65536), b"")], daemon=True)
+            drain = threading.Thread(
+                target=lambda fd=reader: [None for _ in iter(lambda: os.read(fd, 65536), b"")], daemon=True
+            )
             drain.start()
             with pytest.raises(subprocess.TimeoutExpired):
                 proc.wait(timeout=CONTROL_WAIT)  # the handler waits for the lock its own thread holds

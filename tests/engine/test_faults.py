@@ -12,37 +12,37 @@ import textwrap
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
-import jobfns
-from helpers import descendants, wait_for_results
-from support import gone, wait_for_path, wait_gone
-from forklift.jobs import FAILED, RUNNING, SUCCESS, Command, ForkCall, Job
+from forklift.jobs import FAILED, RUNNING, SUCCESS, Cause, Command, ForkCall, Job
 from forklift.shutdown import SecondSignal
-from forklift.strategies import LimitedParallelism, UnlimitedParallelism, _Strategy, make_strategy
+from forklift.strategies import EngineOptions, LimitedParallelism, Strategy, UnlimitedParallelism, make_strategy
+
+import jobfns
+from helpers import wait_for_results
+from support import gone, wait_for_path, wait_gone
 
 pytestmark = pytest.mark.timeout(120)
 
 
-def job(key: str, func, *args, **kw) -> Job:  # noqa: ANN001
+def job(key: str, func, *args, **kw) -> Job:
     return Job(key, ForkCall(func, args), title=key, **kw)
 
 
-def running_pid(strategy: _Strategy, key: str) -> tuple[int, int]:
+def running_pid(strategy: Strategy, key: str) -> tuple[int, int]:
     """Poll until ``key`` reports RUNNING; return (task pid, worker pid)."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         for r in strategy.poll(timeout=0.2):
             if r.key == key and r.state == RUNNING:
-                return r.info, r.worker_pid
+                return r.task_pid, r.worker_pid
     raise AssertionError(f"{key} never started")
 
 
 class TestDeadWorker:
     @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSEGV])
     def test_limited_worker_killed_mid_task(self, tmp_path: Path, sig: signal.Signals) -> None:
-        s = LimitedParallelism(2, kill_grace=1)
+        s = LimitedParallelism(2, EngineOptions(kill_grace=1))
         s.start()
         try:
             s.submit(job("victim", jobfns.hang, str(tmp_path / "pid"), False))
@@ -52,9 +52,10 @@ class TestDeadWorker:
             # One poll (one heartbeat) is enough to see it, fail the task and free its slot.
             results = [r for r in s.poll() if r.state != RUNNING]
             assert [(r.key, r.state) for r in results] == [("victim", FAILED)]
-            assert f"forklift worker pid {worker_pid} killed by {sig.name}" in results[0].info
+            assert f"forklift worker pid {worker_pid} killed by {sig.name}" in results[0].reason
+            assert results[0].cause is Cause.WORKER_DIED
             if sig == signal.SIGKILL:
-                assert "possibly out of memory" in results[0].info
+                assert "possibly out of memory" in results[0].reason
             assert s.running_keys == set()
             wait_gone([task_pid])  # the orphaned task's process group was stopped too
             assert len(s.worker_pids()) == 2 and worker_pid not in s.worker_pids()  # replaced
@@ -65,7 +66,7 @@ class TestDeadWorker:
             s.terminate()
 
     def test_unlimited_worker_killed_mid_task(self, tmp_path: Path) -> None:
-        s = UnlimitedParallelism(kill_grace=1)
+        s = UnlimitedParallelism(EngineOptions(kill_grace=1))
         s.start()
         try:
             s.submit(job("victim", jobfns.hang, str(tmp_path / "pid"), False))
@@ -80,7 +81,7 @@ class TestDeadWorker:
             s.terminate()
 
     def test_queued_work_survives_a_worker_death(self, tmp_path: Path) -> None:
-        s = LimitedParallelism(1, kill_grace=1)
+        s = LimitedParallelism(1, EngineOptions(kill_grace=1))
         s.start()
         try:
             s.submit(job("victim", jobfns.hang, str(tmp_path / "pid"), False))
@@ -92,19 +93,19 @@ class TestDeadWorker:
         finally:
             s.terminate()
 
-    def test_task_exits_hard_mid_task(self, strategy: _Strategy) -> None:
+    def test_task_exits_hard_mid_task(self, strategy: Strategy) -> None:
         strategy.submit(job("exit", jobfns.exit_hard, 7))
-        assert wait_for_results(strategy, {"exit"})["exit"].info == "exited with code 7"
+        assert wait_for_results(strategy, {"exit"})["exit"].reason == "exited with code 7"
 
 
 class TestDeadManager:
     def test_manager_killed_with_work_running_and_waiting(self, tmp_path: Path, fifo: Path) -> None:
-        s = LimitedParallelism(1, kill_grace=1)
+        s = LimitedParallelism(1, EngineOptions(kill_grace=1))
         s.start()
         try:
             s.submit(job("running", jobfns.wait_for_gate, str(fifo), str(tmp_path / "o"), "x"))
             s.submit(job("waiting", jobfns.ok))
-            task_pid, worker_pid = running_pid(s, "running")
+            running_pid(s, "running")
             old_manager = s.manager_pid
             assert old_manager is not None
             os.kill(old_manager, signal.SIGKILL)
@@ -114,14 +115,17 @@ class TestDeadManager:
             assert s.counters["channel_restarts"] == 1
             fifo.write_text("go")  # the running task ends, but its worker cannot report it
             got = wait_for_results(s, {"running", "waiting"})
-            assert got["running"].state == FAILED and "lost with forklift's result-queue manager" in got["running"].info
+            assert (
+                got["running"].state == FAILED and "lost with forklift's result-queue manager" in got["running"].reason
+            )
+            assert got["running"].cause is Cause.LOST_WITH_MANAGER
             assert got["waiting"].state == SUCCESS  # ran on a fresh worker
             assert len(s.worker_pids()) == 1
         finally:
             s.terminate()
 
     def test_unlimited_survives_a_dead_manager(self) -> None:
-        s = UnlimitedParallelism(kill_grace=1)
+        s = UnlimitedParallelism(EngineOptions(kill_grace=1))
         s.start()
         try:
             os.kill(s.manager_pid, signal.SIGKILL)  # type: ignore[arg-type]
@@ -136,7 +140,7 @@ class TestDeadManager:
 class TestRevoke:
     def test_waiting_job_is_withdrawn_and_never_runs(self, tmp_path: Path, fifo: Path) -> None:
         out = tmp_path / "ran"
-        s = LimitedParallelism(1, kill_grace=1)
+        s = LimitedParallelism(1, EngineOptions(kill_grace=1))
         s.start()
         try:
             s.submit(job("blocker", jobfns.wait_for_gate, str(fifo), str(tmp_path / "o"), "x"))
@@ -151,7 +155,7 @@ class TestRevoke:
         finally:
             s.terminate()
 
-    def test_running_job_is_stopped_and_reports_nothing(self, strategy: _Strategy, tmp_path: Path) -> None:
+    def test_running_job_is_stopped_and_reports_nothing(self, strategy: Strategy, tmp_path: Path) -> None:
         strategy.submit(job("stuck", jobfns.hang, str(tmp_path / "pid"), False))
         task_pid, _ = running_pid(strategy, "stuck")
         assert strategy.revoke("stuck") == "stopped"
@@ -160,8 +164,7 @@ class TestRevoke:
         assert [r for r in strategy.poll(timeout=0.5) if r.key == "stuck"] == []
         assert strategy.revoke("stuck") == "unknown"
 
-
-    def test_revoked_then_dispatched_again_under_the_same_key(self, strategy: _Strategy, tmp_path: Path) -> None:
+    def test_revoked_then_dispatched_again_under_the_same_key(self, strategy: Strategy, tmp_path: Path) -> None:
         """The scheduler re-queues a revoked task with the same key: the old copy's late reports
         (its kill) must not be taken for the new copy."""
         strategy.submit(job("k", jobfns.hang, str(tmp_path / "pid"), True))
@@ -179,24 +182,27 @@ class TestRevoke:
 
 class TestHardTimeout:
     @pytest.mark.parametrize(("ignore_term", "stopped_by"), [(False, "SIGTERM"), (True, "SIGKILL")])
-    def test_parent_stops_a_task_past_its_deadline(self, strategy: _Strategy, tmp_path: Path, ignore_term: bool, stopped_by: str) -> None:
+    def test_parent_stops_a_task_past_its_deadline(
+        self, strategy: Strategy, tmp_path: Path, ignore_term: bool, stopped_by: str
+    ) -> None:
         strategy.submit(job("slow", jobfns.hang, str(tmp_path / "pid"), ignore_term, timeout=0.5))
         pid = int(wait_for_path(tmp_path / "pid"))
         result = wait_for_results(strategy, {"slow"})["slow"]
         assert result.state == FAILED
-        assert result.info.startswith("timed out: still running 0.5 s after it started")
-        assert f"with {stopped_by}" in result.info
+        assert result.reason.startswith("timed out: still running 0.5 s after it started")
+        assert result.cause is Cause.TIMED_OUT and strategy.counters["timeouts"] == 1
+        assert f"with {stopped_by}" in result.reason
         wait_gone([pid])
         assert strategy.counters["timeouts"] == 1
 
-    def test_a_task_within_its_deadline_is_untouched(self, strategy: _Strategy) -> None:
+    def test_a_task_within_its_deadline_is_untouched(self, strategy: Strategy) -> None:
         strategy.submit(job("quick", jobfns.ok, timeout=30))
         assert wait_for_results(strategy, {"quick"})["quick"].state == SUCCESS
 
 
 class TestRecycling:
     def test_max_tasks_per_child(self, tmp_path: Path) -> None:
-        s = LimitedParallelism(1, max_tasks_per_child=2)
+        s = LimitedParallelism(1, EngineOptions(max_tasks_per_child=2))
         s.start()
         try:
             keys = {f"j{i}" for i in range(5)}
@@ -210,7 +216,7 @@ class TestRecycling:
             s.end(timeout=10)
 
     def test_max_memory_per_child(self) -> None:
-        s = LimitedParallelism(1, max_memory_per_child=1)  # 1 MiB: every worker is over it
+        s = LimitedParallelism(1, EngineOptions(max_memory_per_child=1))  # 1 MiB: every worker is over it
         s.start()
         try:
             for k in ("a", "b"):
@@ -223,7 +229,7 @@ class TestRecycling:
 
 class TestShutdown:
     def test_escalation_stops_waiting_at_once(self, tmp_path: Path) -> None:
-        s = LimitedParallelism(1, kill_grace=0.5)
+        s = LimitedParallelism(1, EngineOptions(kill_grace=0.5))
         s.start()
         s.submit(job("long", jobfns.hang, str(tmp_path / "pid"), False))
         running_pid(s, "long")
@@ -251,8 +257,8 @@ class TestShutdown:
             from forklift.strategies import LimitedParallelism
             s = LimitedParallelism(2)
             s.start()
-            s.submit(Job("t", ForkCall(jobfns.hang_with_child, ({str(tmp_path / 'task')!r},))))
-            while not os.path.exists({str(tmp_path / 'task')!r}):
+            s.submit(Job("t", ForkCall(jobfns.hang_with_child, ({str(tmp_path / "task")!r},))))
+            while not os.path.exists({str(tmp_path / "task")!r}):
                 s.poll(timeout=0.1)
             pids = s.worker_pids() + [s.manager_pid]
             open({str(pidfile)!r} + ".tmp", "w").write(" ".join(map(str, pids)))
@@ -280,14 +286,15 @@ class TestBadInput:
             s.submit(Job("bad", ForkCall(lambda: 0)))  # a lambda cannot cross to a worker
             s.submit(job("good", jobfns.ok))
             got = wait_for_results(s, {"bad", "good"})
-            assert got["bad"].state == FAILED and "could not hand it to a worker" in got["bad"].info
+            assert got["bad"].state == FAILED and "could not hand it to a worker" in got["bad"].reason
+            assert got["bad"].cause is Cause.NOT_STARTED
             assert got["good"].state == SUCCESS
             assert s.running_keys == set()
         finally:
             s.end(timeout=10)
 
 
-def test_huge_undecodable_output_does_not_disturb_the_worker(strategy: _Strategy) -> None:
+def test_huge_undecodable_output_does_not_disturb_the_worker(strategy: Strategy) -> None:
     # 20 MB of random bytes on stdout and stderr: forklift never reads a task's output (it goes where
     # the scheduler's goes), so nothing can choke on it.
     code = "import os, sys; sys.stdout.buffer.write(os.urandom(20_000_000)); sys.stderr.buffer.write(os.urandom(1_000_000))"
@@ -301,7 +308,7 @@ def test_manager_socket_is_private() -> None:
     s = make_strategy(1)
     s.start()
     try:
-        address = Path(s.manager.address)  # type: ignore[union-attr,arg-type]
+        address = Path(s.channel.address)  # type: ignore[union-attr]
         assert address.parent.stat().st_mode & 0o777 == 0o700
     finally:
         s.end(timeout=10)

@@ -16,14 +16,14 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
+
+from forklift.handover import ProcessId, RecordsDir, TaskRecord, boot_id
+from forklift.jobs import FAILED, SUCCESS, Cause
+from forklift.strategies import EngineOptions, make_strategy
 
 from helpers import wait_for_results
 from support import alive, wait_gone
-from forklift.handover import ProcessId, RecordsDir, TaskRecord, boot_id
-from forklift.jobs import FAILED, SUCCESS
-from forklift.strategies import make_strategy
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -72,8 +72,8 @@ def cleanup() -> list[int]:
             pass
 
 
-def adopter(records: Path, parallelism: int = 2):  # noqa: ANN201
-    engine = make_strategy(parallelism, kill_grace=1.0, records=RecordsDir(records).ensure())
+def adopter(records: Path, parallelism: int = 2):
+    engine = make_strategy(parallelism, EngineOptions(kill_grace=1.0, records=RecordsDir(records).ensure()))
     engine.start()
     return engine
 
@@ -148,6 +148,7 @@ def test_an_orphan_nobody_adopts_is_stopped_after_orphan_timeout(
     record = RecordsDir(stub.records).read("forever")
     assert record is not None and record.state == FAILED
     assert "no scheduler adopted it within 1 s ([forklift] orphan_timeout)" in record.reason
+    assert record.cause is Cause.ORPHANED
     assert stub.runs("forever") == []
 
 
@@ -202,7 +203,7 @@ def test_an_adopted_task_whose_worker_dies_is_failed_and_stopped(
         assert engine.adopt("forever")
         os.kill(worker, signal.SIGKILL)
         result = wait_for_results(engine, {"forever"}, timeout=10)["forever"]
-        assert result.state == FAILED and f"forklift worker pid {worker}" in result.info, result
+        assert result.state == FAILED and f"forklift worker pid {worker}" in result.reason, result
         wait_gone([task], timeout=5)
         assert engine.running_keys == set()
     finally:

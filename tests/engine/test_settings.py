@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import pytest
 
+from forklift.settings import (
+    MAX_PARALLELISM,
+    ConfigError,
+    RunMode,
+    executor_names,
+    holds_ready_beyond_cap,
+    load_settings,
+)
+
 from support import lookup_from
-from forklift.settings import MAX_PARALLELISM, ConfigError, RunMode, executor_names, holds_ready_beyond_cap, load_settings
 
 
 def test_forklift_parallelism_wins_over_core() -> None:
@@ -24,8 +32,14 @@ def test_explicit_parallelism_wins_over_config() -> None:
 
 @pytest.mark.parametrize(
     ("raw", "fragment"),
-    [("-1", "-1 is out of range"), ("four", "'four' is not a whole number"), ("", "is empty"),
-     ("2.5", "'2.5' is not a whole number"), (str(MAX_PARALLELISM + 1), "is out of range"), ("  ", "is empty")],
+    [
+        ("-1", "-1 is out of range"),
+        ("four", "'four' is not a whole number"),
+        ("", "is empty"),
+        ("2.5", "'2.5' is not a whole number"),
+        (str(MAX_PARALLELISM + 1), "is out of range"),
+        ("  ", "is empty"),
+    ],
 )
 def test_bad_parallelism_is_refused_by_name_and_value(raw: str, fragment: str) -> None:
     with pytest.raises(ConfigError) as err:
@@ -48,13 +62,22 @@ def test_bad_explicit_parallelism(bad: object) -> None:
 
 @pytest.mark.parametrize(
     ("mode", "new_interpreter", "expected"),
-    [(None, None, RunMode.FORK), (None, "False", RunMode.FORK), (None, "True", RunMode.SUBPROCESS),
-     ("fork", "True", RunMode.FORK), ("subprocess", "False", RunMode.SUBPROCESS), (" Subprocess ", None, RunMode.SUBPROCESS),
-     ("", "true", RunMode.SUBPROCESS)],
+    [
+        (None, None, RunMode.FORK),
+        (None, "False", RunMode.FORK),
+        (None, "True", RunMode.SUBPROCESS),
+        ("fork", "True", RunMode.FORK),
+        ("subprocess", "False", RunMode.SUBPROCESS),
+        (" Subprocess ", None, RunMode.SUBPROCESS),
+        ("", "true", RunMode.SUBPROCESS),
+    ],
 )
 def test_run_mode(mode: str | None, new_interpreter: str | None, expected: RunMode) -> None:
     values = {("core", "execute_tasks_new_python_interpreter"): new_interpreter, ("forklift", "run_mode"): mode}
-    assert load_settings(lookup_from({k: v for k, v in values.items() if v is not None}), parallelism=1).run_mode is expected
+    assert (
+        load_settings(lookup_from({k: v for k, v in values.items() if v is not None}), parallelism=1).run_mode
+        is expected
+    )
 
 
 def test_bad_run_mode() -> None:
@@ -77,9 +100,19 @@ def test_seconds_defaults_and_values() -> None:
     assert (s.shutdown_timeout, s.kill_grace) == (2.5, 5.0)
 
 
-@pytest.mark.parametrize(("key", "raw"), [("max_tasks_per_child", "-1"), ("max_tasks_per_child", "x"), ("max_tasks_per_child", ""),
-                                        ("max_memory_per_child", "-5"), ("max_memory_per_child", "2GB"), ("max_memory_per_child", "99999999"),
-                                        ("timeout_grace", "-2"), ("timeout_grace", "later")])
+@pytest.mark.parametrize(
+    ("key", "raw"),
+    [
+        ("max_tasks_per_child", "-1"),
+        ("max_tasks_per_child", "x"),
+        ("max_tasks_per_child", ""),
+        ("max_memory_per_child", "-5"),
+        ("max_memory_per_child", "2GB"),
+        ("max_memory_per_child", "99999999"),
+        ("timeout_grace", "-2"),
+        ("timeout_grace", "later"),
+    ],
+)
 def test_bad_recycling_and_timeout_settings(key: str, raw: str) -> None:
     with pytest.raises(ConfigError) as err:
         load_settings(lookup_from({("forklift", key): raw}), parallelism=1)
@@ -89,7 +122,9 @@ def test_bad_recycling_and_timeout_settings(key: str, raw: str) -> None:
 def test_recycling_and_timeout_defaults_keep_todays_behaviour() -> None:
     s = load_settings(lookup_from({}), parallelism=1)
     assert (s.max_tasks_per_child, s.max_memory_per_child, s.timeout_grace) == (0, 0, 30.0)
-    s = load_settings(lookup_from({("forklift", "timeout_grace"): "-1", ("forklift", "max_tasks_per_child"): "100"}), parallelism=1)
+    s = load_settings(
+        lookup_from({("forklift", "timeout_grace"): "-1", ("forklift", "max_tasks_per_child"): "100"}), parallelism=1
+    )
     assert (s.timeout_grace, s.max_tasks_per_child) == (-1.0, 100)
 
 
@@ -101,7 +136,9 @@ def test_wake_supervisor(raw: str | None, expected: bool) -> None:
 
 @pytest.mark.parametrize("raw", ["", "maybe", "2"])
 def test_bad_wake_supervisor(raw: str) -> None:
-    with pytest.raises(ConfigError, match=r"\[forklift\] wake_supervisor .*AIRFLOW__FORKLIFT__WAKE_SUPERVISOR.* is not a boolean"):
+    with pytest.raises(
+        ConfigError, match=r"\[forklift\] wake_supervisor .*AIRFLOW__FORKLIFT__WAKE_SUPERVISOR.* is not a boolean"
+    ):
         load_settings(lookup_from({("forklift", "wake_supervisor"): raw}), parallelism=1)
 
 
@@ -145,18 +182,31 @@ def test_handover_defaults_adopt_and_follow_airflows_orphan_check() -> None:
     short = load_settings(lookup_from({("scheduler", "orphaned_tasks_check_interval"): "2"}), parallelism=2)
     assert short.orphan_timeout == 120.0, "never below two minutes by default: room for a restart"
     explicit = load_settings(
-        lookup_from({("forklift", "orphan_timeout"): "0", ("forklift", "on_shutdown"): " Stop ",
-                     ("forklift", "records_dir"): "/srv/forklift"}),
+        lookup_from(
+            {
+                ("forklift", "orphan_timeout"): "0",
+                ("forklift", "on_shutdown"): " Stop ",
+                ("forklift", "records_dir"): "/srv/forklift",
+            }
+        ),
         parallelism=2,
     )
-    assert (explicit.orphan_timeout, explicit.on_shutdown, explicit.records_dir) == (0.0, OnShutdown.STOP, "/srv/forklift")
+    assert (explicit.orphan_timeout, explicit.on_shutdown, explicit.records_dir) == (
+        0.0,
+        OnShutdown.STOP,
+        "/srv/forklift",
+    )
 
 
 @pytest.mark.parametrize(
     ("key", "raw", "fragment"),
     [
         ("on_shutdown", "kill", "[forklift] on_shutdown (env AIRFLOW__FORKLIFT__ON_SHUTDOWN) = 'kill' is not a choice"),
-        ("orphan_timeout", "-5", "[forklift] orphan_timeout (env AIRFLOW__FORKLIFT__ORPHAN_TIMEOUT) = '-5' is out of range"),
+        (
+            "orphan_timeout",
+            "-5",
+            "[forklift] orphan_timeout (env AIRFLOW__FORKLIFT__ORPHAN_TIMEOUT) = '-5' is out of range",
+        ),
         ("orphan_timeout", "nan", "'nan' is out of range"),
         ("orphan_timeout", "soon", "'soon' is not a number of seconds"),
     ],
@@ -172,7 +222,9 @@ def test_memory_settings_and_the_per_task_override() -> None:
 
     s = load_settings(lookup_from({}), parallelism=2)
     assert (s.task_memory_limit, s.task_oom_score_adj) == (0, 500)
-    s = load_settings(lookup_from({("forklift", "task_memory_limit"): "2048", ("forklift", "task_oom_score_adj"): "0"}), parallelism=2)
+    s = load_settings(
+        lookup_from({("forklift", "task_memory_limit"): "2048", ("forklift", "task_oom_score_adj"): "0"}), parallelism=2
+    )
     assert (s.task_memory_limit, s.task_oom_score_adj) == (2048, 0)
     assert task_memory_limit(None, 512) == 512
     assert task_memory_limit({"pod_override": object()}, 512) == 512  # another executor's settings
@@ -186,9 +238,17 @@ def test_memory_settings_and_the_per_task_override() -> None:
 @pytest.mark.parametrize(
     ("key", "raw", "fragment"),
     [
-        ("task_memory_limit", "-1", "[forklift] task_memory_limit (env AIRFLOW__FORKLIFT__TASK_MEMORY_LIMIT) = -1 is out of range"),
+        (
+            "task_memory_limit",
+            "-1",
+            "[forklift] task_memory_limit (env AIRFLOW__FORKLIFT__TASK_MEMORY_LIMIT) = -1 is out of range",
+        ),
         ("task_memory_limit", "2G", "'2G' is not a whole number"),
-        ("task_oom_score_adj", "-500", "[forklift] task_oom_score_adj (env AIRFLOW__FORKLIFT__TASK_OOM_SCORE_ADJ) = -500 is out of range"),
+        (
+            "task_oom_score_adj",
+            "-500",
+            "[forklift] task_oom_score_adj (env AIRFLOW__FORKLIFT__TASK_OOM_SCORE_ADJ) = -500 is out of range",
+        ),
         ("task_oom_score_adj", "1001", "1001 is out of range"),
     ],
 )

@@ -7,15 +7,16 @@ import time
 import psutil
 import pytest
 
-import jobfns
 from forklift.jobs import RUNNING, SUCCESS, ForkCall, Job
 from forklift.strategies import make_strategy
+
+import jobfns
 
 JOBS = 2000
 WINDOW = 32  # what [core] parallelism would let the scheduler hand an unlimited executor at once
 
 
-def sample(parallelism: int, strategy) -> dict[str, float]:  # noqa: ANN001
+def sample(parallelism: int, strategy) -> dict[str, float]:
     """What would grow if forklift leaked: the engine's own RSS, its fds, its zombies, and (for the
     fixed pool of LimitedParallelism) the workers' RSS. An unlimited strategy's worker count varies
     by design, and each fork's shared pages count in full in its RSS, so those are not summed."""

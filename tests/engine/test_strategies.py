@@ -8,15 +8,16 @@ import sys
 import time
 from pathlib import Path
 
-import jobfns
 import psutil
 import pytest
-from helpers import descendants, wait_for_results, wait_for_running
 
-from support import wait_for_path
-from forklift.jobs import FAILED, RUNNING, SUCCESS, Command, ForkCall, Job
-from forklift.strategies import LimitedParallelism, UnlimitedParallelism, _Strategy, make_strategy
+from forklift.jobs import FAILED, RUNNING, SUCCESS, Cause, Command, ForkCall, Job
+from forklift.strategies import EngineOptions, LimitedParallelism, Strategy, UnlimitedParallelism, make_strategy
 from forklift.testing.measure import peak_overlap
+
+import jobfns
+from helpers import descendants, wait_for_results, wait_for_running
+from support import wait_for_path
 
 PY = sys.executable
 
@@ -41,7 +42,7 @@ def test_make_strategy_picks_by_parallelism() -> None:
 class TestOutcomes:
     """Every way a job can end becomes exactly one SUCCESS or FAILED result with a reason."""
 
-    def test_fork_outcomes(self, strategy: _Strategy) -> None:
+    def test_fork_outcomes(self, strategy: Strategy) -> None:
         jobs = [
             fork_job("ok", jobfns.ok),
             fork_job("exit3", jobfns.exit_with, 3),
@@ -52,15 +53,17 @@ class TestOutcomes:
         for job in jobs:
             strategy.submit(job)
         got = wait_for_results(strategy, {j.key for j in jobs})
-        assert (got["ok"].state, got["ok"].info) == (SUCCESS, "exited with code 0")
-        assert (got["exit3"].state, got["exit3"].info) == (FAILED, "exited with code 3")
-        assert (got["raises"].state, got["raises"].info) == (FAILED, "exited with code 1")
-        assert (got["segv"].state, got["segv"].info) == (FAILED, "killed by SIGSEGV")
+        assert (got["ok"].state, got["ok"].reason) == (SUCCESS, "exited with code 0")
+        assert (got["exit3"].state, got["exit3"].reason) == (FAILED, "exited with code 3")
+        assert got["ok"].cause is None and got["exit3"].cause is Cause.EXIT_CODE
+        assert (got["raises"].state, got["raises"].reason) == (FAILED, "exited with code 1")
+        assert (got["segv"].state, got["segv"].reason) == (FAILED, "killed by SIGSEGV")
+        assert got["segv"].cause is Cause.KILLED_BY_SIGNAL
         assert got["oom"].state == FAILED
-        assert got["oom"].info == "killed by SIGKILL — possibly out of memory"
+        assert got["oom"].reason == "killed by SIGKILL — possibly out of memory"
         assert strategy.running_keys == set()
 
-    def test_subprocess_outcomes(self, strategy: _Strategy) -> None:
+    def test_subprocess_outcomes(self, strategy: Strategy) -> None:
         jobs = [
             cmd_job("ok", "pass"),
             cmd_job("exit4", "raise SystemExit(4)"),
@@ -72,14 +75,14 @@ class TestOutcomes:
             strategy.submit(job)
         got = wait_for_results(strategy, {j.key for j in jobs})
         assert got["ok"].state == SUCCESS
-        assert (got["exit4"].state, got["exit4"].info) == (FAILED, "exited with code 4")
-        assert (got["term"].state, got["term"].info) == (FAILED, "killed by SIGTERM")
-        assert got["secret"].state == SUCCESS, got["secret"].info
+        assert (got["exit4"].state, got["exit4"].reason) == (FAILED, "exited with code 4")
+        assert (got["term"].state, got["term"].reason) == (FAILED, "killed by SIGTERM")
+        assert got["secret"].state == SUCCESS, got["secret"].reason
         assert got["missing"].state == FAILED
-        assert "could not start '/nonexistent/airflow'" in got["missing"].info
-        assert "No such file" in got["missing"].info
+        assert "could not start '/nonexistent/airflow'" in got["missing"].reason
+        assert "No such file" in got["missing"].reason and got["missing"].cause is Cause.NOT_STARTED
 
-    def test_running_is_reported_with_the_task_pid_first(self, strategy: _Strategy, tmp_path: Path) -> None:
+    def test_running_is_reported_with_the_task_pid_first(self, strategy: Strategy, tmp_path: Path) -> None:
         out = tmp_path / "proc"
         strategy.submit(fork_job("k", jobfns.describe_process, str(out)))
         seen = []
@@ -89,17 +92,23 @@ class TestOutcomes:
         pid, pgid, default_sigint = out.read_text().split()
         # The task leads its own process group (so it can be stopped as a whole) and has
         # Python's default SIGINT handling back, although its worker ignores SIGINT.
-        assert int(pid) == seen[0].info == int(pgid)
+        assert int(pid) == seen[0].task_pid == int(pgid)
         assert default_sigint == "True"
 
-    def test_task_environment_is_applied(self, strategy: _Strategy, tmp_path: Path) -> None:
+    def test_task_environment_is_applied(self, strategy: Strategy, tmp_path: Path) -> None:
         fork_out, sub_out = tmp_path / "fork", tmp_path / "sub"
         env = {"_AIRFLOW_PARSING_CONTEXT_DAG_ID": "my_dag"}
         strategy.submit(fork_job("f", jobfns.write_env, str(fork_out), "_AIRFLOW_PARSING_CONTEXT_DAG_ID", env=env))
         strategy.submit(
             Job(
                 "s",
-                Command([PY, "-c", f"import os; open({str(sub_out)!r}, 'w').write(os.environ['_AIRFLOW_PARSING_CONTEXT_DAG_ID'])"]),
+                Command(
+                    [
+                        PY,
+                        "-c",
+                        f"import os; open({str(sub_out)!r}, 'w').write(os.environ['_AIRFLOW_PARSING_CONTEXT_DAG_ID'])",
+                    ]
+                ),
                 env=env,
             )
         )
@@ -108,7 +117,7 @@ class TestOutcomes:
         assert fork_out.read_text() == sub_out.read_text() == "my_dag"
 
     def test_same_key_again_waits_for_the_live_run_and_a_third_is_refused(
-        self, strategy: _Strategy, fifo: Path, tmp_path: Path
+        self, strategy: Strategy, fifo: Path, tmp_path: Path
     ) -> None:
         strategy.submit(fork_job("k", jobfns.wait_for_gate, str(fifo), str(tmp_path / "o"), "x"))
         strategy.submit(fork_job("k", jobfns.exit_with, 3))  # held until the first has ended
@@ -116,7 +125,7 @@ class TestOutcomes:
             strategy.submit(fork_job("k", jobfns.ok))
         fifo.write_text("go")
         assert wait_for_results(strategy, {"k"})["k"].state == SUCCESS  # the first, never the held one
-        assert wait_for_results(strategy, {"k"})["k"].info == "exited with code 3"
+        assert wait_for_results(strategy, {"k"})["k"].reason == "exited with code 3"
 
 
 class TestLimited:
@@ -187,8 +196,6 @@ class TestLimited:
         assert descendants() - before == set()
 
 
-
-
 class TestUnlimited:
     def test_one_process_per_job_gone_when_done(self, tmp_path: Path) -> None:
         s = UnlimitedParallelism()
@@ -219,7 +226,7 @@ class TestShutdown:
     def test_end_stops_what_outlives_the_timeout(self, tmp_path: Path) -> None:
         for parallelism in (0, 2):
             before = descendants()
-            s = make_strategy(parallelism, kill_grace=1.0)
+            s = make_strategy(parallelism, EngineOptions(kill_grace=1.0))
             s.start()
             pidfile = tmp_path / f"pids{parallelism}"
             s.submit(fork_job("hangs", jobfns.hang_with_child, str(pidfile)))
@@ -232,7 +239,7 @@ class TestShutdown:
             assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids)
             assert descendants() - before == set()
 
-    def test_terminate_reports_unfinished_work(self, strategy: _Strategy, tmp_path: Path) -> None:
+    def test_terminate_reports_unfinished_work(self, strategy: Strategy, tmp_path: Path) -> None:
         pidfile = tmp_path / "pids"
         strategy.submit(fork_job("hangs", jobfns.hang_with_child, str(pidfile)))
         wait_for_path(pidfile)
@@ -240,16 +247,17 @@ class TestShutdown:
         assert [(r.key, r.state) for r in results if r.state != RUNNING] == [("hangs", FAILED)]
 
     def test_end_withdraws_work_that_has_not_started(self, fifo: Path, tmp_path: Path) -> None:
-        s = LimitedParallelism(1, kill_grace=1.0)
+        s = LimitedParallelism(1, EngineOptions(kill_grace=1.0))
         s.start()
         s.submit(fork_job("running", jobfns.wait_for_gate, str(fifo), str(tmp_path / "o"), "x"))
         s.submit(fork_job("waiting", jobfns.ok))
         wait_for_running(s, "running")
         results = {r.key: r for r in s.end(timeout=0.5) if r.state != RUNNING}
-        assert results["waiting"].state == FAILED and "withdrawn" in results["waiting"].info
+        assert results["waiting"].state == FAILED and "withdrawn" in results["waiting"].reason
+        assert results["waiting"].cause is Cause.WITHDRAWN
         # Stopped by the shutdown: its worker saw it die of the SIGTERM it was sent.
         assert results["running"].state == FAILED
-        assert results["running"].info in ("killed by SIGTERM", "stopped by forklift at shutdown before it finished")
+        assert results["running"].reason in ("killed by SIGTERM", "stopped by forklift at shutdown before it finished")
 
     def test_submit_after_end_is_refused(self) -> None:
         s = LimitedParallelism(1)
@@ -259,7 +267,7 @@ class TestShutdown:
             s.submit(fork_job("late", jobfns.ok))
 
 
-def test_poll_does_not_block(strategy: _Strategy, fifo: Path, tmp_path: Path) -> None:
+def test_poll_does_not_block(strategy: Strategy, fifo: Path, tmp_path: Path) -> None:
     strategy.submit(fork_job("k", jobfns.wait_for_gate, str(fifo), str(tmp_path / "o"), "x"))
     wait_for_running(strategy, "k")
     # Nothing is ready, so poll() must come straight back with nothing (a blocking read would hang
@@ -274,10 +282,12 @@ def test_prefetched_jobs_are_withdrawn_at_shutdown_not_run(tmp_path: Path) -> No
     instead of letting the worker run them before its stop message."""
     fifo = tmp_path / "gate"
     os.mkfifo(fifo)  # never written: the first job runs until end() stops it
-    s = LimitedParallelism(1, prefetch=2)
+    s = LimitedParallelism(1, EngineOptions(prefetch=2))
     s.start()
     try:
-        s.submit(Job("running", ForkCall(jobfns.wait_for_gate, (str(fifo), str(tmp_path / "running"), "x")), title="running"))
+        s.submit(
+            Job("running", ForkCall(jobfns.wait_for_gate, (str(fifo), str(tmp_path / "running"), "x")), title="running")
+        )
         for key in ("held_1", "held_2"):
             s.submit(Job(key, ForkCall(jobfns.append, (str(tmp_path / key), "ran")), title=key))
         deadline = time.monotonic() + 30
@@ -287,7 +297,7 @@ def test_prefetched_jobs_are_withdrawn_at_shutdown_not_run(tmp_path: Path) -> No
         results = {r.key: r for r in s.end(timeout=0.5)}
         assert results["running"].state == FAILED  # still blocked when the deadline passed: stopped
         for key in ("held_1", "held_2"):
-            assert results[key].state == FAILED and "shutting down before it started" in results[key].info
+            assert results[key].state == FAILED and "shutting down before it started" in results[key].reason
             assert not (tmp_path / key).exists(), f"{key} ran during shutdown"
     finally:
         s.terminate()
@@ -297,7 +307,7 @@ def test_ready_budget_follows_the_pace_of_recent_tasks(tmp_path: Path) -> None:
     """Nothing is held ready until a task has been seen to end; short tasks earn the whole prefetch;
     workers all held by tasks longer than the horizon earn nothing (a task held behind them could
     wait past the scheduler's task_queued_timeout)."""
-    s = LimitedParallelism(2, prefetch=6)
+    s = LimitedParallelism(2, EngineOptions(prefetch=6))
     s.start()
     try:
         assert s.ready_budget(10.0) == 0

@@ -64,7 +64,7 @@ def run(mode: str, select_timeout: float) -> dict[str, str]:
     fields: dict[str, str] = {}
     for line in out.splitlines():
         parts = line.split()
-        for name, value in zip(parts[::2], parts[1::2]):
+        for name, value in zip(parts[::2], parts[1::2], strict=False):
             fields[name] = value
     return fields
 

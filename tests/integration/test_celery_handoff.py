@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 DAGS = Path(__file__).resolve().parent.parent / "dags_celery"
 
 
-def test_light_on_forklift_heavy_on_celery(stack_factory, tmp_path: Path) -> None:  # noqa: ANN001
+def test_light_on_forklift_heavy_on_celery(stack_factory, tmp_path: Path) -> None:
     with RedisServer() as redis:
         env = {
             "AIRFLOW__CORE__EXECUTOR": "forklift.LocalExecutor,CeleryExecutor",

@@ -16,8 +16,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from support import main_thread_wchan
 from forklift.testing.stack import AirflowStack
+
+from support import main_thread_wchan
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -51,7 +52,9 @@ def wait_for_ti(stack: AirflowStack, dag_id: str, run_id: str, states: set[str],
     while (state := ti_state(stack, dag_id, run_id)) not in states:
         if time.monotonic() - started > timeout:
             tail = [line for line in stack.log_tail("scheduler", chars=20000).splitlines() if "open slots" not in line]
-            raise AssertionError(f"{dag_id} task still {state} after {timeout} s; scheduler log:\n" + "\n".join(tail[-40:]))
+            raise AssertionError(
+                f"{dag_id} task still {state} after {timeout} s; scheduler log:\n" + "\n".join(tail[-40:])
+            )
         time.sleep(0.1)
     return time.monotonic() - started
 
@@ -92,6 +95,7 @@ def alive(procs: list[psutil.Process]) -> list[psutil.Process]:
 
 def assert_gone(pid: int, timeout: float = 15) -> None:
     """The process ends within ``timeout`` (forklift's kill_grace is 5 s by default)."""
+
     def running() -> bool:
         try:
             return bool(alive([psutil.Process(pid)]))
@@ -112,7 +116,7 @@ def ancestor(record: dict, title: str) -> int:
 
 
 @pytest.fixture
-def out(tmp_path: Path, stack: AirflowStack):  # noqa: ANN201
+def out(tmp_path: Path, stack: AirflowStack):
     yield tmp_path
     # A test that stops the scheduler mid-task leaves that task "running" in the shared DB; the next
     # scheduler would reset and rerun it.
@@ -149,7 +153,9 @@ def test_killed_process_fails_the_task_and_frees_the_slot(stack: AirflowStack, o
         os.kill(pid, signal.SIGKILL)  # an OOM kill, as the kernel would do it
         reported = wait_for_log(stack, event, before)
         in_db = wait_for_ti(stack, "forklift_fault_sleeper", run_id, {"failed"})
-        print(f"\nSIGKILL of the {victim}: FAILED event to the scheduler {reported:.1f} s later; FAILED in the DB {reported + in_db:.1f} s later")
+        print(
+            f"\nSIGKILL of the {victim}: FAILED event to the scheduler {reported:.1f} s later; FAILED in the DB {reported + in_db:.1f} s later"
+        )
         assert_gone(record["pid"])
         workers = [p for p in forklift_processes(stack) if "airflow worker -- forklift" in " ".join(p.cmdline())]
         deadline = time.monotonic() + 30
@@ -206,7 +212,11 @@ def test_scheduler_sigkill_with_orphan_timeout_0_leaves_no_forklift_process(stac
 def test_sigterm_shutdown_is_bounded(stack: AirflowStack, out: Path, second_signal: bool) -> None:
     timeout = "60" if second_signal else "3"
     stack.start_scheduler(
-        {"AIRFLOW__FORKLIFT__PARALLELISM": "2", "AIRFLOW__FORKLIFT__SHUTDOWN_TIMEOUT": timeout, "AIRFLOW__FORKLIFT__KILL_GRACE": "2"}
+        {
+            "AIRFLOW__FORKLIFT__PARALLELISM": "2",
+            "AIRFLOW__FORKLIFT__SHUTDOWN_TIMEOUT": timeout,
+            "AIRFLOW__FORKLIFT__KILL_GRACE": "2",
+        }
     )
     scheduler = stack.process("scheduler")
     stack.trigger("forklift_fault_sleeper", f"term_{second_signal}", {"out_dir": str(out)})
@@ -308,7 +318,9 @@ def test_sigterm_while_the_scheduler_is_writing_a_log_line(stack: AirflowStack) 
         # Wait until the main thread is blocked writing a log line into the full pipe.
         deadline = time.monotonic() + 120
         while "pipe_write" not in main_thread_wchan(scheduler.pid):
-            assert time.monotonic() < deadline, f"the scheduler never blocked on its log pipe: {main_thread_wchan(scheduler.pid)!r}"
+            assert time.monotonic() < deadline, (
+                f"the scheduler never blocked on its log pipe: {main_thread_wchan(scheduler.pid)!r}"
+            )
             time.sleep(0.05)
 
         os.kill(scheduler.pid, signal.SIGTERM)
@@ -364,6 +376,6 @@ def test_sigterm_swallowed_by_a_finalizer_still_stops_the_scheduler(stack: Airfl
     finally:
         stack.stop_component("scheduler")
     log = stack.log_tail("scheduler", chars=200_000)
-    assert "Exception ignored" in log[log.rfind("forklift started"):], "the SystemExit was not swallowed this time"
+    assert "Exception ignored" in log[log.rfind("forklift started") :], "the SystemExit was not swallowed this time"
     assert "exit on signal 15 was lost; exiting now" in log, log[-3000:]
     assert stack.stopped_cleanly("scheduler", code), log[-3000:]

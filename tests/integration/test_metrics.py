@@ -75,7 +75,9 @@ def test_forklift_metrics_reach_statsd(stack: AirflowStack) -> None:
 
         # A worker dies (an OOM kill, say): counted, and replaced.
         scheduler = psutil.Process(stack.process("scheduler").pid)
-        workers = [p for p in scheduler.children(recursive=True) if "airflow worker -- forklift" in " ".join(p.cmdline())]
+        workers = [
+            p for p in scheduler.children(recursive=True) if "airflow worker -- forklift" in " ".join(p.cmdline())
+        ]
         assert len(workers) == 2
         os.kill(workers[0].pid, signal.SIGKILL)
         deaths = statsd.wait_for("airflow.forklift.worker_deaths:")

@@ -20,8 +20,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from support import still_alive
 from forklift.testing.stack import AirflowStack
+
+from support import still_alive
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 
@@ -77,7 +78,7 @@ def assert_each_ran_once_on_try_1(out: Path, task_ids: set[str]) -> dict[str, Ru
     return once
 
 
-def wait_until(condition, what: str, timeout: float, stack: AirflowStack | None = None, poll: float = 0.2) -> float:  # noqa: ANN001
+def wait_until(condition, what: str, timeout: float, stack: AirflowStack | None = None, poll: float = 0.2) -> float:
     started = time.monotonic()
     while not condition():
         if time.monotonic() - started > timeout:
@@ -219,7 +220,9 @@ def test_sigkill_restart_default_thresholds(stack: AirflowStack, out: Path) -> N
 
 
 @pytest.mark.parametrize(("parallelism", "mode"), CONFIGS, ids=CONFIG_IDS)
-def test_sigkill_restart_prompt_orphan_check_adopts(stack: AirflowStack, out: Path, parallelism: int, mode: str) -> None:
+def test_sigkill_restart_prompt_orphan_check_adopts(
+    stack: AirflowStack, out: Path, parallelism: int, mode: str
+) -> None:
     """Airflow's orphan check shortened to seconds: Airflow's own executor reruns try 2 while try 1 still
     runs; forklift's next scheduler adopts try 1 instead."""
     run_id = f"sigkill_prompt_{parallelism}_{mode}"
@@ -234,7 +237,9 @@ def test_sigkill_restart_prompt_orphan_check_adopts(stack: AirflowStack, out: Pa
     stack.signal_component("scheduler", signal.SIGKILL)
     stack.release_component("scheduler")
     stack.start_scheduler(env)
-    took = wait_until(lambda: adoptions(stack) >= before + 3, "the restarted scheduler adopts the 3 long tasks", 120, stack)
+    took = wait_until(
+        lambda: adoptions(stack) >= before + 3, "the restarted scheduler adopts the 3 long tasks", 120, stack
+    )
     print(f"\nSIGKILL + restart: the new scheduler adopted the 3 long tasks {took:.1f} s after the kill")
     finish_and_check(stack, out, run_id, "SIGKILL + restart, prompt orphan check", fault_at, old)
 
@@ -254,8 +259,12 @@ def test_killed_scheduler_never_restarted_leaves_nothing(stack: AirflowStack, ou
     # orphan_timeout 5 s + kill_grace 5 s (+ kill_grace for a supervisor to report), and slack.
     took = wait_until(lambda: not still_alive(procs), "every process of the killed scheduler gone", 40)
     assert not forklift_processes(stack)
-    print(f"\nSIGKILL, never restarted: tasks stopped and workers gone {took:.1f} s after the kill ({len(procs)} processes)")
-    assert not [t for t, rs in runs(out).items() if t in LONG_TASKS and rs[0].end], "the 600 s tasks cannot have finished"
+    print(
+        f"\nSIGKILL, never restarted: tasks stopped and workers gone {took:.1f} s after the kill ({len(procs)} processes)"
+    )
+    assert not [t for t, rs in runs(out).items() if t in LONG_TASKS and rs[0].end], (
+        "the 600 s tasks cannot have finished"
+    )
 
     def long_tis_settled() -> bool:
         rows = stack.task_instances("forklift_restart", run_id)
@@ -279,7 +288,7 @@ def test_killed_scheduler_never_restarted_leaves_nothing(stack: AirflowStack, ou
 
 
 @pytest.fixture(scope="module")
-def pg_stack(stack_factory) -> AirflowStack:  # noqa: ANN001
+def pg_stack(stack_factory) -> AirflowStack:
     st = stack_factory(TESTS / "dags", {}, postgres=True)
     st.wait_for_dag("forklift_restart")
     st.wait_for_dag("forklift_spread")
@@ -306,7 +315,7 @@ def two_schedulers(pg_stack: AirflowStack) -> Iterator[tuple[AirflowStack, dict[
                 pass
 
 
-def test_two_schedulers_share_the_work_and_run_nothing_twice(two_schedulers, tmp_path: Path) -> None:  # noqa: ANN001
+def test_two_schedulers_share_the_work_and_run_nothing_twice(two_schedulers, tmp_path: Path) -> None:
     st, names = two_schedulers
     started = time.monotonic()
     st.trigger("forklift_spread", "spread", {"out_dir": str(tmp_path), "quick_seconds": 0.5})
@@ -322,7 +331,7 @@ def test_two_schedulers_share_the_work_and_run_nothing_twice(two_schedulers, tmp
     assert all(count > 0 for count in by_scheduler.values()), by_scheduler
 
 
-def test_two_schedulers_one_killed_the_other_adopts(two_schedulers, tmp_path: Path) -> None:  # noqa: ANN001
+def test_two_schedulers_one_killed_the_other_adopts(two_schedulers, tmp_path: Path) -> None:
     st, names = two_schedulers
     run_id = "two_sigkill"
     st.trigger("forklift_restart", run_id, {"out_dir": str(tmp_path), "long_seconds": LONG})
@@ -338,7 +347,9 @@ def test_two_schedulers_one_killed_the_other_adopts(two_schedulers, tmp_path: Pa
     old = descendants(st, victim)
     st.signal_component(victim, signal.SIGKILL)
     st.release_component(victim)
-    took = wait_until(lambda: adoptions(st, survivor) >= before + orphans, f"{survivor} adopts {victim}'s tasks", 120, st)
+    took = wait_until(
+        lambda: adoptions(st, survivor) >= before + orphans, f"{survivor} adopts {victim}'s tasks", 120, st
+    )
     print(f"\ntwo schedulers, {victim} SIGKILLed: {survivor} adopted its {orphans} long task(s) {took:.1f} s later")
     assert st.wait_for_run("forklift_restart", run_id, timeout=240) == "success"
     once = assert_each_ran_once_on_try_1(tmp_path, LONG_TASKS | QUICK_TASKS)

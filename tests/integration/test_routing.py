@@ -14,7 +14,7 @@ DAGS = Path(__file__).resolve().parent.parent / "dags_routing"
 
 
 @pytest.mark.timeout(420)
-def test_operator_executor_argument_routes_to_forklift(stack_factory, tmp_path: Path) -> None:  # noqa: ANN001
+def test_operator_executor_argument_routes_to_forklift(stack_factory, tmp_path: Path) -> None:
     # Airflow's own LocalExecutor is the default; forklift is second, under an alias. Every component
     # gets the list, because the DAG is checked against it when it is parsed.
     stack = stack_factory(

@@ -149,7 +149,7 @@ class AirflowStack:
     # -- running the airflow CLI ---------------------------------------------------------------
     def airflow(self, *args: str, timeout: float = 180, env: Mapping[str, str] | None = None) -> str:
         """Run ``airflow ARGS`` in this deployment and return its stdout; raise with output on failure."""
-        proc = subprocess.run(
+        proc = subprocess.run(  # noqa: PLW1510 - the exit status is checked below, with the output
             [self.python, "-m", "airflow", *args],
             env={**self.env, **(env or {})},
             cwd=self.home,
@@ -175,7 +175,7 @@ class AirflowStack:
         if name in self._components:
             raise StackError(f"{name} is already running (pid {self._components[name].proc.pid})")
         log_path = self.log_dir / f"{name}.log"
-        log_file = open(log_path, "ab")  # noqa: SIM115 - closed when the component stops
+        log_file = open(log_path, "ab")
         proc = subprocess.Popen(
             [self.python, "-m", "airflow", *args],
             env={**self.env, **(env or {})},
@@ -236,8 +236,8 @@ class AirflowStack:
         if comp is None:
             return None
         # Its process group, and what had left it (Airflow 2's DagFileProcessorManager leads a group of its own).
-        members = {p.pid: p for p in [*_group_members(comp.proc.pid), *comp.descendants] if p.pid != comp.proc.pid}
-        members = list(members.values())
+        by_pid = {p.pid: p for p in [*_group_members(comp.proc.pid), *comp.descendants] if p.pid != comp.proc.pid}
+        members = list(by_pid.values())
         try:
             code = comp.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -290,7 +290,11 @@ class AirflowStack:
             return
         try:
             dump = subprocess.run(
-                [str(py_spy), "dump", "--pid", str(comp.proc.pid)], capture_output=True, text=True, timeout=60
+                [str(py_spy), "dump", "--pid", str(comp.proc.pid)],
+                check=False,
+                capture_output=True,
+                text=True,
+                timeout=60,
             )
             text = dump.stdout + dump.stderr
         except (OSError, subprocess.SubprocessError) as exc:
@@ -355,7 +359,9 @@ class AirflowStack:
         raise StackError(f"{component} did not answer {url} within {timeout:.0f} s:\n{self.log_tail(component)}")
 
     # -- the REST API --------------------------------------------------------------------------
-    def api(self, method: str, path: str, body: Any = None, headers: Mapping[str, str] | None = None) -> tuple[int, Any]:
+    def api(
+        self, method: str, path: str, body: Any = None, headers: Mapping[str, str] | None = None
+    ) -> tuple[int, Any]:
         """Call the api-server as an admin (the stack uses SimpleAuthManager with everyone an admin)."""
         import urllib.error
         import urllib.request
@@ -368,7 +374,11 @@ class AirflowStack:
             base + path,
             method=method,
             data=None if body is None else json.dumps(body).encode(),
-            headers={"Content-Type": "application/json", "Authorization": f"Bearer {self._api_token}", **(headers or {})},
+            headers={
+                "Content-Type": "application/json",
+                "Authorization": f"Bearer {self._api_token}",
+                **(headers or {}),
+            },
         )
         try:
             with urllib.request.urlopen(req, timeout=30) as resp:
@@ -409,14 +419,18 @@ class AirflowStack:
             time.sleep(0.5)
         raise StackError(f"DAG {dag_id!r} was not parsed within {timeout:.0f} s:\n{self.log_tail('dag-processor')}")
 
-    def trigger(self, dag_id: str, run_id: str, conf: Mapping[str, Any] | None = None, *, via_api: bool = False) -> None:
+    def trigger(
+        self, dag_id: str, run_id: str, conf: Mapping[str, Any] | None = None, *, via_api: bool = False
+    ) -> None:
         """Trigger a run with ``airflow dags trigger``, or (Airflow 3, ``via_api``) the REST API.
 
         The API costs no interpreter start, so it does not compete with what is being measured.
         """
         if via_api and self.major >= 3:
             status, body = self.api(
-                "POST", f"/api/v2/dags/{dag_id}/dagRuns", {"dag_run_id": run_id, "logical_date": None, "conf": dict(conf or {})}
+                "POST",
+                f"/api/v2/dags/{dag_id}/dagRuns",
+                {"dag_run_id": run_id, "logical_date": None, "conf": dict(conf or {})},
             )
             if status != 200:
                 raise StackError(f"triggering {dag_id} via the API gave HTTP {status}: {body}")
@@ -468,7 +482,12 @@ class AirflowStack:
         if not rows:
             return {}
         state, queued, start, end = rows[0]
-        return {"state": state, "queued_at": _as_datetime(queued), "start": _as_datetime(start), "end": _as_datetime(end)}
+        return {
+            "state": state,
+            "queued_at": _as_datetime(queued),
+            "start": _as_datetime(start),
+            "end": _as_datetime(end),
+        }
 
     def fail_unfinished(self, dag_id_like: str) -> None:
         """Mark every unfinished task instance and DAG run of the matching DAGs failed, as an operator
@@ -494,7 +513,9 @@ class AirflowStack:
         return [r[0] for r in self._query("SELECT id FROM job WHERE job_type = 'SchedulerJob' AND state = 'running'")]
 
     def dag_run_times(self, dag_id: str, run_id: str) -> tuple[datetime | None, datetime | None]:
-        rows = self._query("SELECT start_date, end_date FROM dag_run WHERE dag_id = :d AND run_id = :r", d=dag_id, r=run_id)
+        rows = self._query(
+            "SELECT start_date, end_date FROM dag_run WHERE dag_id = :d AND run_id = :r", d=dag_id, r=run_id
+        )
         if not rows:
             return None, None
         return _as_datetime(rows[0][0]), _as_datetime(rows[0][1])
