@@ -54,10 +54,11 @@ class Config:
             return {"AIRFLOW__CORE__EXECUTOR": "LocalExecutor", "AIRFLOW__CORE__PARALLELISM": str(self.parallelism)}
         if self.executor == "forklift-defaults":
             # What a user has who only names the executor: [core] parallelism, the same value Airflow's
-            # own gets, and nothing in [forklift].
+            # own gets, and nothing in [forklift] (but what --forklift-env asks for).
             return {
                 "AIRFLOW__CORE__EXECUTOR": "forklift.LocalExecutor",
                 "AIRFLOW__CORE__PARALLELISM": str(self.parallelism),
+                **extra,
             }
         # forklift's workers come from [forklift] parallelism. [core] parallelism caps everything the
         # scheduler queues; it is set as forklift's README says (≥ workers × prefetch_multiplier), and

@@ -45,9 +45,16 @@ Handover (``handover``): work outlives its scheduler::
 UnlimitedParallelism (``parallelism = 0``) is the same, but ``submit`` forks one ``LocalWorker`` per
 job at once, which runs that job, reports, and exits; there is no task queue.
 
-Modules: ``settings`` (configuration rules), ``jobs`` (Job in; Started, Finished and their Cause out), ``runners`` (fork/subprocess),
-``workers``, ``strategies`` (the engine; no Airflow import), ``handover`` (task records for adoption),
-``airflow_compat`` (the one place Airflow versions differ), ``executor`` (the adapter).
+Modules, engine first (no Airflow import below ``executor``):
+
+- ``strategies``: the engine (UnlimitedParallelism, LimitedParallelism), put together from
+  ``pools`` (OneProcessPerJob | QueuedPool: how jobs reach workers), ``channel`` (the Manager and its
+  queues), ``ledger`` (each dispatch and what became of it), ``adoption`` (tasks another engine left
+  running) and ``lifeline`` (stopping process groups and sessions; dying with the parent);
+- ``workers`` (LocalWorker, QueuedLocalWorker), ``runners`` (fork / subprocess, a task's own session),
+  ``containment`` (memory limits, OOM score), ``supervisor_wake``, ``handover`` (task records);
+- ``jobs`` (Job in; Started, Finished and its Cause out), ``settings`` (configuration rules);
+- ``airflow_compat`` (the one place Airflow versions differ), ``executor`` (the adapter), ``doctor``.
 """
 
 from __future__ import annotations

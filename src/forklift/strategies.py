@@ -1,60 +1,58 @@
 """The process engine: ``UnlimitedParallelism`` and ``LimitedParallelism``.
 
-A strategy owns every process forklift starts: a ``multiprocessing.Manager()`` server whose
-``result_queue`` carries :class:`~forklift.jobs.Started` and :class:`~forklift.jobs.Finished` tuples back, and the workers. It knows
-nothing of Airflow: jobs go in through :meth:`submit`, results come out of :meth:`poll`, which never
-blocks by default. Both are called only from the executor's thread.
+A strategy owns every process forklift starts and knows nothing of Airflow: jobs go in through
+:meth:`Strategy.submit`, results come out of :meth:`Strategy.poll`, which never blocks by default.
+Both are called only from the executor's thread. It is put together from rooms of its own::
+
+    Strategy ── channel  (channel.py)   the Manager server and its queues; reopened if it dies
+             ── pool     (pools.py)     how jobs reach workers: OneProcessPerJob | QueuedPool
+             ── ledger   (ledger.py)    each dispatch, what its worker said, how long jobs take
+             ── adopted  (adoption.py)  tasks another engine left running here
+             ── stopper  (lifeline.py)  TERM now, KILL after kill_grace, without blocking
 
 Bookkeeping is per dispatched job, so nothing is lost or double-counted:
 
-* a job is *pending* (held here, by priority) until a worker is free for it;
+* a job is *pending* (held in the pool, by priority) until a worker is free for it;
 * then *dispatched* until its SUCCESS/FAILED result is read, or its worker is found dead (FAILED,
   with the worker's exit status as the reason);
 * a *revoked* job's process group is stopped and whatever it still reports is dropped.
 
-If the Manager process dies, the next :meth:`poll` starts a new one: jobs that had not started are
-handed to the new task queue, jobs whose worker can no longer report are FAILED once that worker
-has gone (or, with a records directory, take the outcome their worker wrote), and fresh workers
-replace the old.
+If the Manager process dies, the next :meth:`Strategy.poll` starts a new one: jobs that had not
+started are handed to the new task queue, jobs whose worker can no longer report are FAILED once that
+worker has gone (or, with a records directory, take the outcome their worker wrote), and fresh
+workers replace the old.
 
-With a records directory (:mod:`forklift.handover`), work outlives its scheduler: :meth:`end` with
-``leave_running=True`` leaves running tasks to their workers instead of stopping them, and
-:meth:`adopt` takes over a task another engine (a scheduler that stopped or died) left running on
-this machine: it then holds a slot here and its end is reported by :meth:`poll` like any other.
+With a records directory (:mod:`forklift.handover`), work outlives its scheduler: ``end`` with
+``leave_running=True`` leaves running tasks to their workers instead of stopping them, and ``adopt``
+takes over a task another engine (a scheduler that stopped or died) left running on this machine:
+it then holds a slot here and its end is reported by ``poll`` like any other.
 """
-
 from __future__ import annotations
 
 import collections
-import gc
-import heapq
-import itertools
 import logging
 import multiprocessing.process
 import signal
 import time
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import TypeGuard
 
 import psutil
 
 from forklift.adoption import Adoptions
-from forklift.channel import CHANNEL_ERRORS, DRAIN_BATCH, ResultChannel
+from forklift.channel import CHANNEL_ERRORS, ResultChannel
 from forklift.handover import RecordsDir
 from forklift.jobs import RUNNING, Cause, Finished, Job, Message, Recycled, Result, WorkQueue, describe_exit
-from forklift.ledger import Dispatch, Ledger
+from forklift.ledger import Ledger
 from forklift.lifeline import GroupStopper, kill_session, signal_group, signal_process
-from forklift.workers import LocalWorker, QueuedLocalWorker, WorkerOptions, _Worker
+from forklift.pools import OneProcessPerJob, Pool, QueuedPool
+from forklift.workers import LocalWorker, WorkerOptions, _Worker
 
 log = logging.getLogger(__name__)
 
 #: How long a blocking read of the result queue may wait while ``end()`` is waiting for workers.
 _END_POLL_SECONDS = 0.05
-#: A job handed to the task queue that no worker has started after this long, with the queue
-#: empty, was taken by a worker that died before it could say so: it is FAILED, not waited for.
-CLAIM_TIMEOUT = 60.0
-
 STOPPED_AT_SHUTDOWN = "stopped by forklift at shutdown before it finished"
 
 
@@ -111,7 +109,8 @@ class Strategy:
         self._submitted = self.ledger.submitted
         self._adopted = Adoptions(options.records, self._stopper, self.counters)
         self._recycled: set[int] = set()  # worker pids that left on purpose
-        self._stale: set[int] = set()  # worker pids bound to a Manager that died
+        self.stale: set[int] = set()  # worker pids bound to a Manager that died
+        self.pool: Pool = OneProcessPerJob(self)  # each strategy puts its own shape here
         self._started = False
         self._ending = False
 
@@ -127,21 +126,35 @@ class Strategy:
         return self.channel.results
 
     # -- lifecycle ---------------------------------------------------------------------------
+    @property
+    def ending(self) -> bool:
+        return self._ending
+
+    @property
+    def adopted(self) -> int:
+        """How many adopted tasks hold a slot here."""
+        return len(self._adopted)
+
+    def results(self) -> WorkQueue:
+        return self._results
+
     def start(self) -> None:
         if self._started:
             raise RuntimeError(f"{type(self).__name__} was already started; create a new one.")
         self._open_channel()
         self._started = True
+        self.pool.start()
 
     def _open_channel(self) -> None:
         self.channel = ResultChannel()
+        self.pool.open(self.channel)
 
     def submit(self, job: Job) -> None:
         if not self._started or self._ending:
             raise RuntimeError(
                 f"{type(self).__name__} is not accepting work (started={self._started}, ending={self._ending})."
             )
-        if self._is_pending(job.key) or job.key in self._held_behind:
+        if self.pool.is_pending(job.key) or job.key in self._held_behind:
             raise ValueError(f"job {job.key!r} is already waiting to run in forklift; not queueing it twice.")
         if job.key in self._dispatched or job.key in self._adopted:
             # The same key again while its earlier run is live, or ended but not yet read: a task resumed
@@ -154,7 +167,7 @@ class Strategy:
             )
             return
         self._submitted[job.key] = time.monotonic()
-        self._accept(job)
+        self.pool.accept(job)
 
     def poll(self, timeout: float = 0.0) -> list[Result]:
         """Everything that happened since the last call.
@@ -167,12 +180,12 @@ class Strategy:
             results = self._drain(block_for=timeout)
         except CHANNEL_ERRORS as exc:
             results = []
-            self._restore_channel(exc)
+            self.restore_channel(exc)
         results.extend(self._fail_lost(dead))
-        results.extend(self._fail_unclaimed())
+        results.extend(self.pool.fail_unclaimed())
         results.extend(self._adopted.poll())
         self._stopper.escalate()
-        self._after_poll(dead)
+        self.pool.after_poll()
         for result in results:
             if result.state != RUNNING:
                 self._submitted.pop(result.key, None)
@@ -186,11 +199,11 @@ class Strategy:
             if self._ending:
                 continue
             self._submitted[key] = time.monotonic()
-            self._accept(job)
+            self.pool.accept(job)
 
     def waiting(self, key: Hashable) -> bool:
         """Whether ``key`` still has a run here: pending, dispatched, adopted or held behind another."""
-        return key in self._dispatched or key in self._adopted or key in self._held_behind or self._is_pending(key)
+        return key in self._dispatched or key in self._adopted or key in self._held_behind or self.pool.is_pending(key)
 
     def _withdraw_held(self) -> list[Result]:
         reason = "withdrawn: forklift was shutting down before it started"
@@ -213,7 +226,7 @@ class Strategy:
             # The scheduler's current copy is the held one; the earlier run is already over for it.
             self.counters["revokes"] += 1
             return "withdrawn"
-        if self._withdraw(key):
+        if self.pool.withdraw(key):
             self.counters["revokes"] += 1
             return "withdrawn"
         if self._adopted.revoke(key):
@@ -223,7 +236,7 @@ class Strategy:
         if dispatch is None:
             return "unknown"
         self.counters["revokes"] += 1
-        if dispatch.worker_pid is None and self._take_back(dispatch):
+        if dispatch.worker_pid is None and self.pool.take_back(dispatch):
             return "withdrawn"
         self._revoked.add(dispatch.seq)
         if dispatch.task_pid:
@@ -241,9 +254,9 @@ class Strategy:
         ``escalate`` is asked while waiting; once it says True the waiting stops (a second signal).
         """
         self._ending = True
-        results = self._withdraw_pending() + self._withdraw_held()
+        results = self.pool.withdraw_pending() + self._withdraw_held()
         try:
-            self._ask_workers_to_stop()
+            self.pool.ask_workers_to_stop()
         except CHANNEL_ERRORS as exc:
             log.warning("forklift: could not hand workers their stop message (%s); stopping them.", exc)
             timeout = 0
@@ -280,9 +293,9 @@ class Strategy:
         """Stop everything now: TERM, then after ``kill_grace`` KILL, of each task's process group
         and each worker; then shut the manager down. Returns FAILED results for unfinished jobs."""
         self._ending = True
-        results = self._withdraw_pending() + self._withdraw_held()
+        results = self.pool.withdraw_pending() + self._withdraw_held()
         groups = [d.task_pid for d in self._dispatched.values() if d.task_pid] + self._stopper.take_pending()
-        workers = list(self._workers())
+        workers = list(self.pool.workers())
         # Workers are our children: multiprocessing reaps them. Only their descendants are
         # waited for through psutil (which would otherwise reap the workers behind join()'s back).
         tasks = self._descendants(workers)
@@ -353,19 +366,19 @@ class Strategy:
         """
         if self.records is None or not self._started or self._ending:
             return False
-        if key in self._dispatched or key in self._adopted or self._is_pending(key):
+        if key in self._dispatched or key in self._adopted or self.pool.is_pending(key):
             return True  # ours already
         return self._adopted.adopt(key)
 
     def _leave_running(self) -> list[Result]:
         """End without stopping running tasks: their workers carry on and write their outcomes for
         the next scheduler. Only idle workers (sent their stop message already) and the Manager go."""
-        left = [w for w in self._workers() if w.is_alive()]
+        left = [w for w in self.pool.workers() if w.is_alive()]
         for worker in left:
             # multiprocessing's exit handler would SIGTERM and then join every live child: that is
             # what must not happen to a worker whose task is to outlive this scheduler.
             multiprocessing.process._children.discard(worker)  # type: ignore[attr-defined]
-            self._forget_worker(worker)
+            self.pool.forget(worker)
         running = [d.job.title or key for key, d in self._dispatched.items() if d.worker_pid]
         if running:
             log.warning(
@@ -387,53 +400,18 @@ class Strategy:
                 log.debug("forklift: could not remove the record of %r: %s", key, exc)
 
     def worker_pids(self) -> list[int]:
-        return [w.pid for w in self._workers() if w.pid is not None and w.is_alive()]
+        return [w.pid for w in self.pool.workers() if w.pid is not None and w.is_alive()]
 
     @property
     def manager_pid(self) -> int | None:
         return self.channel.pid if self.channel is not None else None
 
-    # -- hooks for the two strategies -------------------------------------------------------
-    def _accept(self, job: Job) -> None:
-        raise NotImplementedError
-
-    def _is_pending(self, key: Hashable) -> bool:
-        return False
-
-    def _withdraw(self, key: Hashable) -> bool:
-        return False
-
-    def _withdraw_pending(self) -> list[Result]:
-        return []
-
-    def _take_back(self, dispatch: Dispatch) -> bool:
-        """Take a handed-over job back before any worker starts it; False if that is too late."""
-        return False
-
-    def _workers(self) -> Iterable[_Worker]:
-        raise NotImplementedError
-
-    def _ask_workers_to_stop(self) -> None:
-        pass
-
-    def _after_poll(self, dead: list[_Worker]) -> None:
-        pass
-
-    def _forget_worker(self, worker: _Worker) -> None:
-        raise NotImplementedError
-
-    def _fail_unclaimed(self) -> list[Result]:
-        return []
-
-    def _reopen_queues(self) -> None:
-        pass
-
     # -- shared machinery -------------------------------------------------------------------
     def _live_workers(self) -> list[_Worker]:
-        return [w for w in self._workers() if w.is_alive()]
+        return [w for w in self.pool.workers() if w.is_alive()]
 
     def _dead_workers(self) -> list[_Worker]:
-        return [w for w in self._workers() if not w.is_alive()]
+        return [w for w in self.pool.workers() if not w.is_alive()]
 
     def _drain(self, block_for: float = 0.0) -> list[Result]:
         if self.channel is None:
@@ -447,8 +425,8 @@ class Strategy:
         return self.ledger.record(message)
 
     def ready_budget(self, horizon: float) -> int:
-        """How many tasks are worth holding ready beyond the ones running: 0 here (see LimitedParallelism)."""
-        return 0
+        """How many tasks are worth holding ready beyond the ones running (see Ledger.ready_budget)."""
+        return self.pool.ready_budget(horizon)
 
     def _fail_lost(self, dead: list[_Worker]) -> list[Result]:
         """Jobs whose worker died without reporting their end: FAILED, with the worker's exit status."""
@@ -459,7 +437,7 @@ class Strategy:
             # A LocalWorker leaves once it has reported: only leaving with its job unreported is a death.
             expected = (
                 worker.pid in self._recycled
-                or worker.pid in self._stale
+                or worker.pid in self.stale
                 or (not held_work and isinstance(worker, LocalWorker))
             )
             if not expected and not self._ending:
@@ -481,8 +459,8 @@ class Strategy:
                     # It has lost its supervisor: stop everything in its session, wherever it went.
                     if dispatch.task_pid:
                         kill_session(dispatch.task_pid)
-                    cause = Cause.LOST_WITH_MANAGER if worker.pid in self._stale else Cause.WORKER_DIED
-                    if worker.pid in self._stale:
+                    cause = Cause.LOST_WITH_MANAGER if worker.pid in self.stale else Cause.WORKER_DIED
+                    if worker.pid in self.stale:
                         reason = (
                             f"its result was lost with forklift's result-queue manager (worker pid {worker.pid} "
                             f"{describe_exit(status)} once it could not report)"
@@ -493,13 +471,13 @@ class Strategy:
                     out.append(Finished.failed(key, cause, reason, worker.pid or 0, dispatch.seq))
                     del self._dispatched[key]
                     self._forget_record(key)
-            self._forget_worker(worker)
+            self.pool.forget(worker)
             self._recycled.discard(worker.pid or 0)
-            self._stale.discard(worker.pid or 0)
+            self.stale.discard(worker.pid or 0)
             _close_dead(worker)
         return out
 
-    def _restore_channel(self, exc: BaseException) -> None:
+    def restore_channel(self, exc: BaseException) -> None:
         """The Manager died: open a new channel; old workers leave once they find theirs gone."""
         old_pid = self.manager_pid
         self.counters["channel_restarts"] += 1
@@ -509,10 +487,10 @@ class Strategy:
             type(exc).__name__,
             exc,
         )
-        self._stale.update(w.pid for w in self._workers() if w.pid is not None)
+        self.stale.update(w.pid for w in self.pool.workers() if w.pid is not None)
         old = self.channel
         self._open_channel()
-        self._reopen_queues()
+        self.pool.reopen_queues()
         if old is not None:
             old.close()  # it is dead already; this only tidies up
 
@@ -529,9 +507,9 @@ class Strategy:
         return procs
 
     def _reap_workers(self) -> None:
-        for worker in list(self._workers()):
+        for worker in list(self.pool.workers()):
             worker.join(timeout=self.kill_grace)
-            self._forget_worker(worker)
+            self.pool.forget(worker)
             _close_dead(worker)
 
     def _shutdown_manager(self) -> None:
@@ -545,32 +523,13 @@ class UnlimitedParallelism(Strategy):
 
     def __init__(self, options: EngineOptions = EngineOptions()) -> None:
         super().__init__(options)
-        self._procs: dict[int, LocalWorker] = {}
-
-    def _accept(self, job: Job) -> None:
-        dispatch = Dispatch(job)
-        worker = LocalWorker(self._results, job, dispatch.seq, self.worker_options)
-        worker.start()
-        assert worker.pid is not None
-        self._procs[worker.pid] = worker
-        dispatch.worker_pid = worker.pid
-        self._dispatched[job.key] = dispatch
-
-    def _workers(self) -> Iterable[_Worker]:
-        return list(self._procs.values())
-
-    def _forget_worker(self, worker: _Worker) -> None:
-        if worker.pid is not None:
-            self._procs.pop(worker.pid, None)
+        self.pool = OneProcessPerJob(self)
 
 
 class LimitedParallelism(Strategy):
-    """Exactly ``parallelism`` ``QueuedLocalWorker`` processes fed from a task queue.
-
-    Jobs wait here, highest priority first. At most ``parallelism + prefetch`` are on the task queue
-    or running at once: the ``prefetch`` extra ones are taken by the first worker that comes free,
-    without waiting for the next ``poll()``. Until a worker takes it, a job can still be withdrawn.
-    """
+    """Exactly ``parallelism`` ``QueuedLocalWorker`` processes fed from a task queue (see QueuedPool):
+    jobs wait here, highest priority first, and up to ``options.prefetch`` more than the workers wait
+    on the task queue, held ready for the first worker that comes free."""
 
     def __init__(self, parallelism: int, options: EngineOptions = EngineOptions()) -> None:
         prefetch = options.prefetch
@@ -583,177 +542,15 @@ class LimitedParallelism(Strategy):
         super().__init__(options)
         self.parallelism = parallelism
         self.prefetch = prefetch
-        self.task_queue: WorkQueue | None = None
-        self._pool: dict[int, QueuedLocalWorker] = {}
-        self._pending: list[tuple[int, int, Job]] = []
-        self._pending_keys: set[Hashable] = set()
-        self._seq = itertools.count()
-        self._index = itertools.count()
-        self._failed_now: list[Result] = []  # failed while being handed over; reported by poll()
-
-    def start(self) -> None:
-        super().start()
-        # Objects the GC never touches stay shared copy-on-write with every worker (Airflow #58365).
-        gc.collect()
-        gc.freeze()
-        try:
-            for _ in range(self.parallelism):
-                self._spawn()
-        finally:
-            gc.unfreeze()
-
-    def _open_channel(self) -> None:
-        super()._open_channel()
-        assert self.channel is not None
-        self.task_queue = self.channel.new_queue()
-
-    def _reopen_queues(self) -> None:
-        # Jobs handed to the dead queue that no worker had started go to the new one.
-        for dispatch in self._dispatched.values():
-            if dispatch.worker_pid is None:
-                dispatch.handed_at = time.monotonic()
-                self._tasks.put((dispatch.seq, dispatch.job))
-
-    def _spawn(self) -> None:
-        worker = QueuedLocalWorker(self._tasks, self._results, self.worker_options, index=next(self._index))
-        worker.start()
-        assert worker.pid is not None
-        self._pool[worker.pid] = worker
-
-    def _accept(self, job: Job) -> None:
-        heapq.heappush(self._pending, (-job.priority, next(self._seq), job))
-        self._pending_keys.add(job.key)
-        self._feed()
-
-    def _is_pending(self, key: Hashable) -> bool:
-        return key in self._pending_keys
-
-    def _withdraw(self, key: Hashable) -> bool:
-        if key not in self._pending_keys:
-            return False
-        self._pending = [item for item in self._pending if item[2].key != key]
-        heapq.heapify(self._pending)
-        self._pending_keys.discard(key)
-        return True
-
-    def _fresh_workers(self) -> int:
-        return sum(1 for pid, w in self._pool.items() if pid not in self._stale and w.is_alive())
-
-    def _feed(self) -> None:
-        # An adopted task holds a slot like a dispatched one.
-        while (
-            self._pending
-            and len(self._dispatched) + len(self._adopted) < self.parallelism + self.prefetch
-            and not self._ending
-        ):
-            _, _, job = heapq.heappop(self._pending)
-            self._pending_keys.discard(job.key)
-            dispatch = self._dispatched[job.key] = Dispatch(job)
-            try:
-                self._tasks.put((dispatch.seq, job))
-            except CHANNEL_ERRORS as exc:
-                self._restore_channel(exc)  # re-queues this job with the others not yet started
-            except Exception as exc:  # noqa: BLE001 - e.g. it cannot be pickled: that job fails, the rest go on
-                del self._dispatched[job.key]
-                reason = f"forklift could not hand it to a worker: {type(exc).__name__}: {exc}"
-                log.error("forklift: %s: %s", job.title or job.key, reason)
-                self._failed_now.append(Finished.failed(job.key, Cause.NOT_STARTED, reason))
-
-    def _fail_unclaimed(self) -> list[Result]:
-        out, self._failed_now = self._failed_now, []
-        return out + self._fail_overdue()
-
-    def _fail_overdue(self) -> list[Result]:
-        now = time.monotonic()
-        overdue = [
-            (key, d)
-            for key, d in self._dispatched.items()
-            if d.worker_pid is None and now - d.handed_at > CLAIM_TIMEOUT
-        ]
-        if not overdue:
-            return []
-        try:
-            if self._tasks.qsize() > 0:
-                return []  # still queued: workers are busy or being replaced, not lost
-        except CHANNEL_ERRORS:
-            return []
-        out: list[Result] = []
-        for key, dispatch in overdue:
-            reason = f"lost before it started: no worker reported starting it within {CLAIM_TIMEOUT:g} s"
-            log.error("forklift: %s: %s", dispatch.job.title or key, reason)
-            out.append(Finished.failed(key, Cause.LOST_BEFORE_START, reason))
-            del self._dispatched[key]
-        return out
-
-    def _withdraw_pending(self) -> list[Result]:
-        reason = "withdrawn: forklift was shutting down before it started"
-        results: list[Result] = [Finished.failed(job.key, Cause.WITHDRAWN, reason) for _, _, job in self._pending]
-        self._pending.clear()
-        self._pending_keys.clear()
-        # Prefetched jobs no worker has taken yet must not run before the workers' stop messages.
-        try:
-            handed = self._tasks.drain(DRAIN_BATCH)
-        except CHANNEL_ERRORS:
-            handed = []
-        for item in handed:
-            if not item:
-                continue
-            seq, job = item
-            dispatch = self._dispatched.get(job.key)
-            if dispatch is not None and dispatch.seq == seq:
-                del self._dispatched[job.key]
-                results.append(Finished.failed(job.key, Cause.WITHDRAWN, reason))
-        return results
-
-    def _take_back(self, dispatch: Dispatch) -> bool:
-        try:
-            return bool(self._tasks.remove(dispatch.seq))
-        except CHANNEL_ERRORS:
-            return False
-
-    def _workers(self) -> Iterable[_Worker]:
-        return list(self._pool.values())
-
-    def _forget_worker(self, worker: _Worker) -> None:
-        if worker.pid is not None:
-            self._pool.pop(worker.pid, None)
-
-    def _after_poll(self, dead: list[_Worker]) -> None:
-        if not self._ending:
-            # Workers bound to a dead Manager still count until they leave; only fresh ones are
-            # fed, so start enough fresh ones to serve the full parallelism now.
-            while self._fresh_workers() < self.parallelism:
-                self._spawn()
-        try:
-            self._feed()
-        except CHANNEL_ERRORS as exc:
-            self._restore_channel(exc)
-
-    def _ask_workers_to_stop(self) -> None:
-        for _ in self._live_workers():
-            self._tasks.put(None)
+        self.pool = self._queued = QueuedPool(self, parallelism, prefetch)
 
     @property
-    def _tasks(self) -> WorkQueue:
-        if self.task_queue is None:
-            raise RuntimeError("LimitedParallelism has no task queue: it was not started, or has ended.")
-        return self.task_queue
+    def task_queue(self) -> WorkQueue | None:
+        return self._queued.task_queue
 
     @property
     def pending_keys(self) -> set[Hashable]:
-        return set(self._pending_keys)
-
-    def ready_budget(self, horizon: float) -> int:
-        """How many tasks are worth holding ready beyond the ones running (at most ``prefetch``).
-
-        A held task is worth it when a worker will take it within ``horizon`` seconds. Each worker
-        counts for ``horizon / typical`` tasks, ``typical`` being the median of the recent tasks'
-        run times; a worker whose current task has already run longer than ``horizon`` and than
-        three typical tasks counts for none, since nobody can say when it frees. Nothing is held
-        until a task has finished here: a held task that waits past ``[scheduler] task_queued_timeout``
-        is revoked by the scheduler, so long tasks must never have work queued behind them.
-        """
-        return self.ledger.ready_budget(self.parallelism, self.prefetch, horizon)
+        return set(self._queued.pending_keys)
 
 
 def make_strategy(parallelism: int, options: EngineOptions = EngineOptions()) -> Strategy:

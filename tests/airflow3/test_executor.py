@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from airflow.executors.workloads import ExecuteTask
@@ -134,6 +135,14 @@ def _gated_job(workload, **_: object) -> Job:
 GATES: dict[str, str] = {}
 
 
+def queue_gated(ex: forklift.LocalExecutor, tmp_path: Path, workloads: list[ExecuteTask]) -> None:
+    """Queue each workload as a job that runs until its gate file (named after its task) is removed."""
+    for w in workloads:
+        (tmp_path / w.ti.task_id).touch()
+        GATES[w.ti.task_id] = str(tmp_path / w.ti.task_id)
+        ex.queue_workload(w, session=None)
+
+
 def test_slot_held_until_result(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     """A dispatched workload counts in ``running`` until its result is read: the scheduler's backpressure."""
     monkeypatch.setattr(compat, "workload_to_job", _gated_job)
@@ -142,11 +151,7 @@ def test_slot_held_until_result(monkeypatch: pytest.MonkeyPatch, tmp_path) -> No
     ex.start()
     try:
         workloads = [make_workload(f"t{i}") for i in range(3)]
-        for w in workloads:
-            gate = tmp_path / w.ti.task_id
-            gate.touch()
-            GATES[w.ti.task_id] = str(gate)
-            ex.queue_workload(w, session=None)
+        queue_gated(ex, tmp_path, workloads)
         ex.heartbeat()
         assert len(ex.running) == 2 and len(ex.queued_tasks) == 1
         assert ex.slots_available <= 0  # the scheduler will queue nothing more here
@@ -180,10 +185,7 @@ def test_prefetched_work_starts_without_waiting_for_the_scheduler(
     assert ex.parallelism == 4
     try:
         workloads = [make_workload(f"t{i}") for i in range(5)]
-        for w in workloads:
-            (tmp_path / w.ti.task_id).touch()
-            GATES[w.ti.task_id] = str(tmp_path / w.ti.task_id)
-            ex.queue_workload(w, session=None)
+        queue_gated(ex, tmp_path, workloads)
         ex.heartbeat()
         assert len(ex.running) == 4 and len(ex.queued_tasks) == 1 and ex.slots_available <= 0
         started = [tmp_path / f"t{i}.started" for i in range(4)]
@@ -294,10 +296,7 @@ def test_defaults_hold_tasks_ready_without_counting_them_against_core_parallelis
     try:
         # Nothing is held ready before a task has been seen to end: it could be a long one.
         first = [make_workload(f"warm{i}") for i in range(2)]
-        for w in first:
-            (tmp_path / w.ti.task_id).touch()
-            GATES[w.ti.task_id] = str(tmp_path / w.ti.task_id)
-            ex.queue_workload(w, session=None)
+        queue_gated(ex, tmp_path, first)
         ex.heartbeat()
         assert ex.slots_occupied == 2, "held ready before any task was seen to end"
         for w in first:
@@ -310,10 +309,7 @@ def test_defaults_hold_tasks_ready_without_counting_them_against_core_parallelis
         assert not ex.running
 
         workloads = [make_workload(f"t{i}") for i in range(8)]
-        for w in workloads:
-            (tmp_path / w.ti.task_id).touch()
-            GATES[w.ti.task_id] = str(tmp_path / w.ti.task_id)
-            ex.queue_workload(w, session=None)
+        queue_gated(ex, tmp_path, workloads)
         ex.heartbeat()
         assert len(ex.running) == 8
         # What the scheduler subtracts from [core] parallelism: 2 (the cap is reached) when the 6 held

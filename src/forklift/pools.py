@@ -1,0 +1,317 @@
+"""The two shapes of worker pool, as objects the engine holds (not hooks it inherits).
+
+``OneProcessPerJob`` (UnlimitedParallelism): each job gets a ``LocalWorker`` of its own at once, which
+runs it, reports and exits. ``QueuedPool`` (LimitedParallelism): exactly N ``QueuedLocalWorker``s
+started with the engine take ``(seq, Job)`` items from a task queue; jobs wait in a priority heap until
+there is room, and up to ``prefetch`` more than N wait on the queue, held ready for the next free worker.
+
+A pool knows its workers and where jobs wait before a worker starts them; what each dispatch is and
+what became of it is the ledger's (:mod:`forklift.ledger`), and everything else the engine's
+(:class:`PoolHost`).
+"""
+
+from __future__ import annotations
+
+import gc
+import heapq
+import itertools
+import logging
+import time
+from collections.abc import Hashable
+from typing import Protocol
+
+from forklift.channel import CHANNEL_ERRORS, DRAIN_BATCH, ResultChannel
+from forklift.jobs import Cause, Finished, Job, Result, WorkQueue
+from forklift.ledger import Dispatch, Ledger
+from forklift.workers import LocalWorker, QueuedLocalWorker, WorkerOptions, _Worker
+
+log = logging.getLogger(__name__)
+
+#: A job handed to the task queue that no worker has started after this long, with the queue
+#: empty, was taken by a worker that died before it could say so: it is FAILED, not waited for.
+CLAIM_TIMEOUT = 60.0
+WITHDRAWN = "withdrawn: forklift was shutting down before it started"
+
+
+class PoolHost(Protocol):
+    """What a pool reads from the engine that holds it."""
+
+    ledger: Ledger
+    worker_options: WorkerOptions
+    #: Worker pids bound to a Manager that died: they leave on their own and take no new work.
+    stale: set[int]
+
+    @property
+    def ending(self) -> bool: ...
+
+    @property
+    def adopted(self) -> int: ...
+
+    def results(self) -> WorkQueue: ...
+
+    def restore_channel(self, exc: BaseException) -> None: ...
+
+
+class Pool(Protocol):
+    """How jobs reach workers: what UnlimitedParallelism and LimitedParallelism differ in."""
+
+    def open(self, channel: ResultChannel) -> None:
+        """A new channel: open this pool's queues on it (at start, and after the Manager died)."""
+
+    def start(self) -> None:
+        """Start the workers that exist from the beginning."""
+
+    def accept(self, job: Job) -> None:
+        """Take a job to run; it is dispatched (in the ledger) once it is handed to a worker."""
+
+    def is_pending(self, key: Hashable) -> bool:
+        """Waiting here for room, not yet handed to any worker."""
+
+    def withdraw(self, key: Hashable) -> bool:
+        """Forget a pending job; False if it is not pending."""
+
+    def withdraw_pending(self) -> list[Result]:
+        """At the end: every job no worker has taken, FAILED as withdrawn."""
+
+    def take_back(self, dispatch: Dispatch) -> bool:
+        """Take a handed-over job back before any worker starts it; False if that is too late."""
+
+    def workers(self) -> list[_Worker]: ...
+
+    def forget(self, worker: _Worker) -> None: ...
+
+    def after_poll(self) -> None:
+        """Replace lost workers and hand over what now has room."""
+
+    def fail_unclaimed(self) -> list[Result]:
+        """Jobs that can no longer start: FAILED."""
+
+    def reopen_queues(self) -> None:
+        """After a new channel is open: hand it the jobs the dead one held."""
+
+    def ask_workers_to_stop(self) -> None: ...
+
+    def ready_budget(self, horizon: float) -> int:
+        """How many tasks are worth holding ready beyond the ones running."""
+
+
+class OneProcessPerJob:
+    """UnlimitedParallelism's pool: a ``LocalWorker`` per job, started at once."""
+
+    def __init__(self, host: PoolHost) -> None:
+        self.host = host
+        self._procs: dict[int, LocalWorker] = {}
+
+    def open(self, channel: ResultChannel) -> None:
+        pass
+
+    def start(self) -> None:
+        pass
+
+    def accept(self, job: Job) -> None:
+        dispatch = Dispatch(job)
+        worker = LocalWorker(self.host.results(), job, dispatch.seq, self.host.worker_options)
+        worker.start()
+        assert worker.pid is not None
+        self._procs[worker.pid] = worker
+        dispatch.worker_pid = worker.pid
+        self.host.ledger.dispatched[job.key] = dispatch
+
+    def is_pending(self, key: Hashable) -> bool:
+        return False
+
+    def withdraw(self, key: Hashable) -> bool:
+        return False
+
+    def withdraw_pending(self) -> list[Result]:
+        return []
+
+    def take_back(self, dispatch: Dispatch) -> bool:
+        return False
+
+    def workers(self) -> list[_Worker]:
+        return list(self._procs.values())
+
+    def forget(self, worker: _Worker) -> None:
+        if worker.pid is not None:
+            self._procs.pop(worker.pid, None)
+
+    def after_poll(self) -> None:
+        pass
+
+    def fail_unclaimed(self) -> list[Result]:
+        return []
+
+    def reopen_queues(self) -> None:
+        pass
+
+    def ask_workers_to_stop(self) -> None:
+        pass
+
+    def ready_budget(self, horizon: float) -> int:
+        return 0
+
+
+class QueuedPool:
+    """LimitedParallelism's pool: ``size`` QueuedLocalWorkers fed from a task queue, highest priority first.
+
+    At most ``size + prefetch`` jobs are on the task queue or running at once (an adopted task holds a
+    slot too): the ``prefetch`` extra ones are taken by the first worker that comes free, without
+    waiting for the engine's next poll. Until a worker takes it, a job can still be withdrawn.
+    """
+
+    def __init__(self, host: PoolHost, size: int, prefetch: int) -> None:
+        self.host = host
+        self.size = size
+        self.prefetch = prefetch
+        self.task_queue: WorkQueue | None = None
+        self._pool: dict[int, QueuedLocalWorker] = {}
+        self._pending: list[tuple[int, int, Job]] = []
+        self.pending_keys: set[Hashable] = set()
+        self._order = itertools.count()
+        self._index = itertools.count()
+        self._failed_now: list[Result] = []  # failed while being handed over; reported by the next poll
+
+    @property
+    def _tasks(self) -> WorkQueue:
+        if self.task_queue is None:
+            raise RuntimeError("LimitedParallelism has no task queue: it was not started, or has ended.")
+        return self.task_queue
+
+    def open(self, channel: ResultChannel) -> None:
+        self.task_queue = channel.new_queue()
+
+    def start(self) -> None:
+        # Objects the GC never touches stay shared copy-on-write with every worker (Airflow #58365).
+        gc.collect()
+        gc.freeze()
+        try:
+            for _ in range(self.size):
+                self._spawn()
+        finally:
+            gc.unfreeze()
+
+    def _spawn(self) -> None:
+        worker = QueuedLocalWorker(self._tasks, self.host.results(), self.host.worker_options, index=next(self._index))
+        worker.start()
+        assert worker.pid is not None
+        self._pool[worker.pid] = worker
+
+    def accept(self, job: Job) -> None:
+        heapq.heappush(self._pending, (-job.priority, next(self._order), job))
+        self.pending_keys.add(job.key)
+        self._feed()
+
+    def is_pending(self, key: Hashable) -> bool:
+        return key in self.pending_keys
+
+    def withdraw(self, key: Hashable) -> bool:
+        if key not in self.pending_keys:
+            return False
+        self._pending = [item for item in self._pending if item[2].key != key]
+        heapq.heapify(self._pending)
+        self.pending_keys.discard(key)
+        return True
+
+    def _feed(self) -> None:
+        dispatched = self.host.ledger.dispatched
+        while (
+            self._pending and len(dispatched) + self.host.adopted < self.size + self.prefetch and not self.host.ending
+        ):
+            _, _, job = heapq.heappop(self._pending)
+            self.pending_keys.discard(job.key)
+            dispatch = dispatched[job.key] = Dispatch(job)
+            try:
+                self._tasks.put((dispatch.seq, job))
+            except CHANNEL_ERRORS as exc:
+                self.host.restore_channel(exc)  # re-queues this job with the others not yet started
+            except Exception as exc:  # noqa: BLE001 - e.g. it cannot be pickled: that job fails, the rest go on
+                del dispatched[job.key]
+                reason = f"forklift could not hand it to a worker: {type(exc).__name__}: {exc}"
+                log.error("forklift: %s: %s", job.title or job.key, reason)
+                self._failed_now.append(Finished.failed(job.key, Cause.NOT_STARTED, reason))
+
+    def fail_unclaimed(self) -> list[Result]:
+        out, self._failed_now = self._failed_now, []
+        return out + self._fail_overdue()
+
+    def _fail_overdue(self) -> list[Result]:
+        dispatched = self.host.ledger.dispatched
+        now = time.monotonic()
+        overdue = [
+            (key, d) for key, d in dispatched.items() if d.worker_pid is None and now - d.handed_at > CLAIM_TIMEOUT
+        ]
+        if not overdue:
+            return []
+        try:
+            if self._tasks.qsize() > 0:
+                return []  # still queued: workers are busy or being replaced, not lost
+        except CHANNEL_ERRORS:
+            return []
+        out: list[Result] = []
+        for key, dispatch in overdue:
+            reason = f"lost before it started: no worker reported starting it within {CLAIM_TIMEOUT:g} s"
+            log.error("forklift: %s: %s", dispatch.job.title or key, reason)
+            out.append(Finished.failed(key, Cause.LOST_BEFORE_START, reason))
+            del dispatched[key]
+        return out
+
+    def withdraw_pending(self) -> list[Result]:
+        results: list[Result] = [Finished.failed(job.key, Cause.WITHDRAWN, WITHDRAWN) for _, _, job in self._pending]
+        self._pending.clear()
+        self.pending_keys.clear()
+        # Prefetched jobs no worker has taken yet must not run before the workers' stop messages.
+        try:
+            handed = self._tasks.drain(DRAIN_BATCH)
+        except CHANNEL_ERRORS:
+            handed = []
+        dispatched = self.host.ledger.dispatched
+        for item in handed:
+            if not item:
+                continue
+            seq, job = item
+            dispatch = dispatched.get(job.key)
+            if dispatch is not None and dispatch.seq == seq:
+                del dispatched[job.key]
+                results.append(Finished.failed(job.key, Cause.WITHDRAWN, WITHDRAWN))
+        return results
+
+    def take_back(self, dispatch: Dispatch) -> bool:
+        try:
+            return bool(self._tasks.remove(dispatch.seq))
+        except CHANNEL_ERRORS:
+            return False
+
+    def workers(self) -> list[_Worker]:
+        return list(self._pool.values())
+
+    def forget(self, worker: _Worker) -> None:
+        if worker.pid is not None:
+            self._pool.pop(worker.pid, None)
+
+    def after_poll(self) -> None:
+        if not self.host.ending:
+            # Workers bound to a dead Manager still count until they leave; only fresh ones are
+            # fed, so start enough fresh ones to serve the full size now.
+            while sum(1 for pid, w in self._pool.items() if pid not in self.host.stale and w.is_alive()) < self.size:
+                self._spawn()
+        try:
+            self._feed()
+        except CHANNEL_ERRORS as exc:
+            self.host.restore_channel(exc)
+
+    def reopen_queues(self) -> None:
+        # Jobs handed to the dead queue that no worker had started go to the new one.
+        for dispatch in self.host.ledger.dispatched.values():
+            if dispatch.worker_pid is None:
+                dispatch.handed_at = time.monotonic()
+                self._tasks.put((dispatch.seq, dispatch.job))
+
+    def ask_workers_to_stop(self) -> None:
+        for worker in self._pool.values():
+            if worker.is_alive():
+                self._tasks.put(None)
+
+    def ready_budget(self, horizon: float) -> int:
+        """See :meth:`forklift.ledger.Ledger.ready_budget`: at most ``prefetch``, judged on ``size`` workers."""
+        return self.host.ledger.ready_budget(self.size, self.prefetch, horizon)
