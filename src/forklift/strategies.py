@@ -27,6 +27,7 @@ With a records directory (:mod:`forklift.handover`), work outlives its scheduler
 takes over a task another engine (a scheduler that stopped or died) left running on this machine:
 it then holds a slot here and its end is reported by ``poll`` like any other.
 """
+
 from __future__ import annotations
 
 import collections
