@@ -125,6 +125,7 @@ class RecordsDir:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
+        self._root = os.fspath(self.path)  # remove() runs once per task on the scheduler's thread
 
     def ensure(self) -> RecordsDir:
         """Create the directory (0700) if needed; refuse one that other users can read or write."""
@@ -175,7 +176,7 @@ class RecordsDir:
         """Remove the task's record, and its claim unless ``claimed`` is False (a task this engine
         dispatched itself has none). Called once per task from the scheduler's loop: plain ``os``
         calls, no ``Path`` objects (half the cost)."""
-        base = os.path.join(self.path, self.name(key))
+        base = f"{self._root}/{self.name(key)}"
         for suffix in (".json", ".owner") if claimed else (".json",):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(base + suffix)
