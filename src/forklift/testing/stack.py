@@ -266,7 +266,9 @@ class AirflowStack:
         if comp is None:
             return None
         pgid = comp.proc.pid
-        members = _group_members(pgid)
+        # Its process group, and Airflow's own children that lead groups of their own (Airflow 2's
+        # DagFileProcessorManager), which the group's SIGTERM does not reach if the leader leaves first.
+        members = {p.pid: p for p in [*_group_members(pgid), *_airflows_own_descendants(pgid)]}
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGTERM)
         try:
@@ -276,8 +278,8 @@ class AirflowStack:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, signal.SIGKILL)
             code = comp.proc.wait(timeout=30)
-        # The leader is gone; anything of its group still alive is killed too.
-        _, alive = psutil.wait_procs([p for p in members if p.is_running()], timeout=10)
+        # The leader is gone; anything of its group (or its own children) still alive is killed too.
+        _, alive = psutil.wait_procs([p for p in members.values() if p.pid != pgid and p.is_running()], timeout=10)
         for p in alive:
             with contextlib.suppress(psutil.NoSuchProcess):
                 p.kill()
