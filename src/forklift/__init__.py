@@ -9,7 +9,7 @@ Data flow (LimitedParallelism, ``[forklift] parallelism = N``)::
     heartbeat()
       trigger_tasks(open slots)
         LocalExecutor._process_workloads ─┐
-          running.add(key)   (slot held)  │  airflow_compat.workload_to_job
+          running.add(key)   (slot held)  │  lines.LINE.to_job (the Airflow line's adapter)
           strategy.submit(Job)            │
             pending heap (by priority) ───┼──► task_queue ───────► QueuedLocalWorker × N
             ≤ N × prefetch_multiplier on the  (held-ready tasks:        │ runners.run_job(job)
@@ -54,7 +54,8 @@ Modules, engine first (no Airflow import below ``executor``):
 - ``workers`` (LocalWorker, QueuedLocalWorker), ``runners`` (fork / subprocess, a task's own session),
   ``containment`` (memory limits, OOM score), ``supervisor_wake``, ``handover`` (task records);
 - ``jobs`` (Job in; Started, Finished and its Cause out), ``settings`` (configuration rules);
-- ``airflow_compat`` (the one place Airflow versions differ), ``executor`` (the adapter), ``doctor``.
+- ``lines`` (the one seam between forklift and Airflow: one module per Airflow line, 3.1 – 3.4 and
+  2.10, 2.11), ``timeouts`` (execution_timeout → hard deadline), ``executor`` (the adapter), ``doctor``.
 """
 
 from __future__ import annotations

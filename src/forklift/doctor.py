@@ -178,23 +178,29 @@ def check_handover(settings: Settings, default_records_dir: str) -> Check:
     )
 
 
+def check_line(name: str) -> Check:
+    """Which Airflow line forklift serves here (the one adapter module it uses)."""
+    from airflow import __version__
+
+    return Check("airflow", OK, f"Airflow {__version__}: forklift's Airflow {name} line (forklift.lines)")
+
+
 def run_checks() -> list[Check]:
     """Every check, against this process's Airflow configuration."""
-    from forklift import airflow_compat as compat
+    from forklift.lines import LINE
 
-    major = 3 if compat.AIRFLOW_V3 else 2
-    lookup = compat.config_lookup()
-    checks = [check_executor(lookup)]
-    settings_check, settings = check_settings(lookup, compat.base_parallelism)
+    lookup = LINE.config_lookup()
+    checks = [check_line(LINE.name), check_executor(lookup)]
+    settings_check, settings = check_settings(lookup, LINE.base_parallelism)
     checks.append(settings_check)
     if settings is not None:
         checks.append(
-            check_scheduler_cap(settings, compat.scheduler_cap(lookup), holds_ready_beyond_cap(settings, lookup))
+            check_scheduler_cap(settings, LINE.scheduler_cap(lookup), holds_ready_beyond_cap(settings, lookup))
         )
-    checks += [check_start_method(lookup), check_database(lookup, major)]
-    if major >= 3:
-        checks.append(check_execution_api(compat.execution_api_url(None)))
+    checks += [check_start_method(lookup), check_database(lookup, LINE.major)]
+    if LINE.runs_workloads:
+        checks.append(check_execution_api(LINE.execution_api_url(None)))
     if settings is not None:
-        checks.append(check_subprocess_mode(settings, major))
-        checks.append(check_handover(settings, compat.default_records_dir()))
+        checks.append(check_subprocess_mode(settings, LINE.major))
+        checks.append(check_handover(settings, LINE.default_records_dir()))
     return checks

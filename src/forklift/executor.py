@@ -10,14 +10,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Hashable, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from airflow.executors.base_executor import BaseExecutor
 
-from forklift import airflow_compat as compat
 from forklift.doctor import WARN, check_scheduler_cap
 from forklift.handover import RecordsDir
 from forklift.jobs import SUCCESS, Cause, Finished, Result, Started, WorkQueue
+from forklift.lines import LINE
+from forklift.lines.cli_commands import CommandRejected
 from forklift.settings import (
     READY_HORIZON,
     ConfigError,
@@ -30,14 +31,21 @@ from forklift.settings import (
 )
 from forklift.shutdown import ExitSignalGuard, SecondSignal
 from forklift.strategies import EngineOptions, Strategy, make_strategy
+from forklift.timeouts import hard_deadline
 
 if TYPE_CHECKING:
-    from airflow.executors.workloads import ExecutorWorkload
+    from forklift.lines.cli_commands import CommandLine
+    from forklift.lines.task_sdk import TaskSdkLine
+
+    _LineTraits = object
+else:
+    # The capability flags this Airflow line's BaseExecutor reads, declared only where they exist.
+    _LineTraits = LINE.traits
 
 log = logging.getLogger(__name__)
 
 
-class LocalExecutor(BaseExecutor):
+class LocalExecutor(_LineTraits, BaseExecutor):
     """Runs Airflow tasks in local processes.
 
     ``[forklift] parallelism`` (falling back to ``[core] parallelism``): ``0`` starts one
@@ -45,32 +53,29 @@ class LocalExecutor(BaseExecutor):
     ``QueuedLocalWorker`` processes fed from a task queue (``LimitedParallelism``).
     ``[forklift] run_mode``: ``fork`` (default) or ``subprocess``; unset, it follows
     ``[core] execute_tasks_new_python_interpreter``.
-    """
 
-    is_local: bool = True
-    serve_logs: bool = True
-    supports_callbacks: bool = True
-    supports_connection_test: bool = True
-    supports_multi_team: bool = True
-    supports_pickling: bool = False  # read by Airflow 2's scheduler
+    Its flags (``is_local``, callbacks, connection tests, teams…) come from the line's traits
+    (:mod:`forklift.lines`).
+    """
 
     def __init__(self, parallelism: int | None = None, *args: Any, **kwargs: Any) -> None:
         team_name = kwargs.get("team_name")
-        lookup = compat.config_lookup(team_name)
+        lookup = LINE.config_lookup(team_name)
         self.settings: Settings = load_settings(lookup, parallelism=parallelism)
         # The slots the scheduler sees: the workers, plus the tasks held ready for them (prefetch).
-        slots = compat.base_parallelism(self.settings.parallelism, lookup) + self.settings.prefetch
+        slots = LINE.base_parallelism(self.settings.parallelism, lookup) + self.settings.prefetch
         super().__init__(slots, *args, **kwargs)
-        self._core_cap = compat.scheduler_cap(lookup)
+        self._core_cap = LINE.scheduler_cap(lookup)
         self._held_beyond_cap = holds_ready_beyond_cap(self.settings, lookup)
         self.strategy: Strategy | None = None
         # What to report for each dispatched key: the workload's own success/failure states.
         self._outcome_states: dict[Hashable, tuple[Any, Any]] = {}
+        # ... and, for callbacks and connection tests, the state that says they started.
+        self._running_states: dict[Hashable, Any] = {}
         self._server: str = ""
         # Work refused at dispatch: reported from sync(), when Airflow 2's trigger_tasks has put the
         # key in running (it does so after execute_async returns), so no slot leaks.
         self._refused: list[Finished] = []
-        self._timeouts = compat.ExecutionTimeouts()
         self._metrics_sent: dict[str, int] = {}
         self._signal_guard = ExitSignalGuard()
 
@@ -86,15 +91,15 @@ class LocalExecutor(BaseExecutor):
         return self.strategy.result_queue if self.strategy is not None else None
 
     def start(self) -> None:
-        self._server = compat.execution_api_url(getattr(self, "conf", None))  # Airflow 2 has no ExecutorConf
+        self._server = LINE.execution_api_url(getattr(self, "conf", None))  # Airflow 2 has no ExecutorConf
         if self.settings.run_mode is RunMode.FORK:
-            compat.warm_task_caches(self.settings.preload_modules)  # before any worker forks: every task inherits them
+            LINE.warm_task_caches(self.settings.preload_modules)  # before any worker forks: every task inherits them
         records = self._records_dir()
         self.strategy = make_strategy(
             self.settings.parallelism,
             EngineOptions(
                 kill_grace=self.settings.kill_grace,
-                worker_init=compat.dispose_inherited_db_pool,
+                worker_init=LINE.dispose_inherited_db_pool,
                 max_tasks_per_child=self.settings.max_tasks_per_child,
                 max_memory_per_child=self.settings.max_memory_per_child,
                 prefetch=self.settings.prefetch,
@@ -123,7 +128,7 @@ class LocalExecutor(BaseExecutor):
 
     def _records_dir(self) -> RecordsDir:
         """Where running tasks leave their records for the next scheduler (see forklift.handover)."""
-        path = self.settings.records_dir or compat.default_records_dir()
+        path = self.settings.records_dir or LINE.default_records_dir()
         try:
             records = RecordsDir(path).ensure()
             # Records of tasks that ended while no scheduler watched, and that no scheduler adopted.
@@ -141,12 +146,13 @@ class LocalExecutor(BaseExecutor):
         not_adopted = []
         for ti in tis:
             try:
-                adopted = self.strategy.adopt(ti.key)
+                key = LINE.task_key(self, ti)
+                adopted = self.strategy.adopt(key)
             except Exception:  # adoption is a bonus: when it fails, Airflow's reset still applies
                 self.log.exception("forklift: could not adopt %s", ti)
                 adopted = False
             if adopted:
-                self.running.add(ti.key)
+                self.running.add(key)
             else:
                 not_adopted.append(ti)
         if len(not_adopted) < len(tis):
@@ -154,19 +160,23 @@ class LocalExecutor(BaseExecutor):
         return not_adopted
 
     # -- dispatch (Airflow 3) --------------------------------------------------------------
-    def _process_workloads(self, workloads: Sequence[ExecutorWorkload]) -> None:
+    def _process_workloads(self, workloads: Sequence[Any]) -> None:
         strategy = self._require_started()
+        line = cast("TaskSdkLine", LINE)
         for workload in workloads:
-            key: Any = workload.key
-            self._unqueue(key)
-            self._outcome_states[key] = (workload.success_state, workload.failure_state)
+            key: Any = line.workload_key(workload)
+            LINE.unqueue(self, key)
+            states = line.states(workload)
+            self._outcome_states[key] = (states.success, states.failure)
+            if states.running is not None:
+                self._running_states[key] = states.running
             # The slot stays taken until the result is read: this is the scheduler's backpressure.
             self.running.add(key)
             try:
-                deadline = compat.hard_deadline(self._timeouts.for_workload(workload), self.settings.timeout_grace)
-                memory_limit = task_memory_limit(compat.executor_config_of(workload), self.settings.task_memory_limit)
+                deadline = hard_deadline(line.execution_timeout(workload), self.settings.timeout_grace)
+                memory_limit = task_memory_limit(line.executor_config(workload), self.settings.task_memory_limit)
                 strategy.submit(
-                    compat.workload_to_job(
+                    line.to_job(
                         workload,
                         mode=self.settings.run_mode,
                         server=self._server,
@@ -181,31 +191,23 @@ class LocalExecutor(BaseExecutor):
     # -- dispatch (Airflow 2) --------------------------------------------------------------
     def execute_async(self, key: Any, command: Any, queue: str | None = None, executor_config: Any = None) -> None:
         strategy = self._require_started()
+        line = cast("CommandLine", LINE)
         try:
-            deadline = compat.hard_deadline(self._timeouts.for_command(key), self.settings.timeout_grace)
+            deadline = hard_deadline(line.execution_timeout(key), self.settings.timeout_grace)
             memory_limit = task_memory_limit(executor_config, self.settings.task_memory_limit)
             strategy.submit(
-                compat.command_to_job(
-                    key, command, mode=self.settings.run_mode, timeout=deadline, memory_limit=memory_limit
-                )
+                line.to_job(key, command, mode=self.settings.run_mode, timeout=deadline, memory_limit=memory_limit)
             )
         except Exception as exc:  # noqa: BLE001 - whatever a command does wrong fails that task, never the loop
             self._refuse(key, exc)
 
     def _refuse(self, key: Any, exc: Exception) -> None:
-        if isinstance(exc, (compat.CommandRejected, ConfigError)):
+        if isinstance(exc, (CommandRejected, ConfigError)):
             cause, reason = Cause.REFUSED, str(exc)
         else:
             cause, reason = Cause.NOT_STARTED, f"forklift could not dispatch it: {type(exc).__name__}: {exc}"
         self.log.error("forklift: %s not run: %s", key, reason)
         self._refused.append(Finished.failed(key, cause, reason))
-
-    def _unqueue(self, key: Any) -> None:
-        # Callbacks and connection tests are queued separately on Airflow 3 only.
-        for name in ("queued_tasks", "queued_callbacks", "queued_connection_tests"):
-            queued = getattr(self, name, None)
-            if queued is not None and queued.pop(key, None) is not None:
-                return
 
     @property
     def slots_occupied(self) -> int:
@@ -225,10 +227,13 @@ class LocalExecutor(BaseExecutor):
         self._signal_guard.raise_lost_exit()
         super().heartbeat()
 
-    def sync(self) -> None:
+    def _report_refused(self) -> None:
         refused, self._refused = self._refused, []
         for refusal in refused:
             self._report(refusal)
+
+    def sync(self) -> None:
+        self._report_refused()
         if self.strategy is None:
             return
         try:
@@ -246,8 +251,8 @@ class LocalExecutor(BaseExecutor):
         if strategy is None:
             return
         try:
-            stats = compat.stats()
-            tags = {"team_name": self.team_name} if getattr(self, "team_name", None) else None
+            stats = LINE.stats()
+            tags = LINE.metric_tags(getattr(self, "team_name", None))
             for name, value in strategy.counters.items():
                 delta = value - self._metrics_sent.get(name, 0)
                 if delta > 0:
@@ -265,11 +270,12 @@ class LocalExecutor(BaseExecutor):
 
         The scheduler then sets it back to scheduled (or fails it), so no event is reported for it.
         """
-        key: Any = ti.key
-        self._unqueue(key)
+        key: Any = LINE.task_key(self, ti)
+        LINE.unqueue(self, key)
         outcome = self.strategy.revoke(key) if self.strategy is not None else "unknown"
         self.running.discard(key)
         self._outcome_states.pop(key, None)
+        self._running_states.pop(key, None)
         self.event_buffer.pop(key, None)
         self.log.info("forklift: revoked %s (%s)", key, outcome)
 
@@ -280,9 +286,15 @@ class LocalExecutor(BaseExecutor):
         return [repr(ti) for ti in tis]
 
     def _report(self, result: Result) -> None:
-        if isinstance(result, Started):
-            return
         key: Any = result.key
+        if isinstance(result, Started):
+            # Callbacks and connection tests say they started, as Airflow's own executor has them say:
+            # the scheduler moves them to running. The slot stays held until their end.
+            running_state = self._running_states.pop(key, None)
+            if running_state is not None:
+                self.change_state(key, running_state, remove_running=False)
+            return
+        self._running_states.pop(key, None)
         again = self.strategy is not None and self.strategy.waiting(key)  # queued again while this run was live
         states = self._outcome_states.get(key) if again else self._outcome_states.pop(key, None)
         success_state, failure_state = states or (None, None)
@@ -304,6 +316,8 @@ class LocalExecutor(BaseExecutor):
 
     # -- shutdown --------------------------------------------------------------------------
     def end(self) -> None:
+        # Work refused since the last sync() is failed now: its key must not stay in running.
+        self._report_refused()
         if self.strategy is None:
             return
         strategy, self.strategy = self.strategy, None
@@ -323,6 +337,7 @@ class LocalExecutor(BaseExecutor):
             self._report(result)
 
     def terminate(self) -> None:
+        self._report_refused()
         if self.strategy is None:
             return
         strategy, self.strategy = self.strategy, None

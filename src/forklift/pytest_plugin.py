@@ -49,13 +49,13 @@ class ExecutorUnderTest:
         Items are Airflow 3 workloads (``ExecuteTask``, callbacks, connection tests), or on Airflow 2
         ``(key, command)`` pairs. Raises ``TimeoutError`` naming the keys with no event after ``timeout`` s.
         """
-        from forklift import airflow_compat as compat
+        from forklift.lines import LINE
 
         keys = []
         for item in work:
-            if compat.AIRFLOW_V3:
+            if LINE.runs_workloads:
                 self.executor.queue_workload(item, session=None)
-                keys.append(item.key)
+                keys.append(LINE.workload_key(item))  # type: ignore[attr-defined]
             else:
                 # What Airflow 2's trigger_tasks does with a queued task, without a DB-backed TaskInstance.
                 key, command = item

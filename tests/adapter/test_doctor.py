@@ -6,7 +6,6 @@ import socket
 
 import pytest
 
-from forklift import airflow_compat as compat
 from forklift.doctor import (
     FAIL,
     OK,
@@ -19,6 +18,7 @@ from forklift.doctor import (
     check_settings,
     check_subprocess_mode,
 )
+from forklift.lines import LINE
 from forklift.settings import load_settings
 
 from support import lookup_from
@@ -40,14 +40,14 @@ def test_executor(raw: str, status: str) -> None:
 
 
 def test_settings_refusal_is_passed_on_with_the_settings_name() -> None:
-    check, settings = check_settings(lookup_from({("forklift", "parallelism"): "-2"}), compat.base_parallelism)
+    check, settings = check_settings(lookup_from({("forklift", "parallelism"): "-2"}), LINE.base_parallelism)
     assert (
         check.status == FAIL
         and settings is None
         and "[forklift] parallelism" in check.message
         and "-2" in check.message
     )
-    check, settings = check_settings(lookup_from({("forklift", "parallelism"): "4"}), compat.base_parallelism)
+    check, settings = check_settings(lookup_from({("forklift", "parallelism"): "4"}), LINE.base_parallelism)
     assert check.status == OK and settings is not None and "16 slots" in check.message
 
 

@@ -14,18 +14,13 @@ EXECUTOR_TEST = textwrap.dedent(
     import uuid
 
     import pytest
-    from forklift import airflow_compat as compat
+    from forklift.lines import LINE
 
     def work(task_id):
-        if not compat.AIRFLOW_V3:
+        if not LINE.runs_workloads:
             from airflow.models.taskinstancekey import TaskInstanceKey
             return TaskInstanceKey("d", task_id, "r", 1, -1), ["airflow", "tasks", "run", "d", task_id, "r"]
-        from airflow.executors.workloads import ExecuteTask
-        from airflow.executors.workloads.base import BundleInfo
-        from airflow.executors.workloads.task import TaskInstanceDTO
-        ti = TaskInstanceDTO(id=uuid.uuid4(), task_id=task_id, dag_id="d", run_id="r", try_number=1,
-                             dag_version_id=uuid.uuid4(), pool_slots=1, priority_weight=1, queue="default")
-        return ExecuteTask(token="t", ti=ti, dag_rel_path="d.py", bundle_info=BundleInfo(name="dags-folder"), log_path=None)
+        return LINE.task_workload("d", task_id)
 
     @pytest.mark.forklift(parallelism=1, run_mode="fork", prefetch_multiplier=1)
     def test_runs_work_and_reports(forklift_executor):

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pendulum
 
-from forklift.airflow_compat import _timeouts_by_task, hard_deadline
+from forklift.timeouts import hard_deadline, timeouts_by_task
 
 try:
     from airflow.sdk import DAG
@@ -29,7 +29,7 @@ def test_execution_timeouts_from_the_serialized_dag() -> None:
     with DAG("t", schedule=None, start_date=pendulum.datetime(2024, 1, 1, tz="UTC")) as dag:
         EmptyOperator(task_id="bounded", execution_timeout=timedelta(minutes=2))
         EmptyOperator(task_id="unbounded")
-    assert _timeouts_by_task(_serialize(dag)) == {"bounded": 120.0, "unbounded": None}
+    assert timeouts_by_task(_serialize(dag)) == {"bounded": 120.0, "unbounded": None}
 
 
 def test_hard_deadline() -> None:

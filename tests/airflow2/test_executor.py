@@ -12,8 +12,10 @@ from airflow.models.taskinstancekey import TaskInstanceKey
 from airflow.utils.state import TaskInstanceState
 
 import forklift
-from forklift import airflow_compat as compat
 from forklift.jobs import Command, ForkCall
+from forklift.lines import LINE
+from forklift.lines.base import PARSING_CONTEXT_DAG_ID, PARSING_CONTEXT_TASK_ID
+from forklift.lines.cli_commands import run_command_in_child
 from forklift.settings import RunMode
 from forklift.strategies import LimitedParallelism, UnlimitedParallelism
 
@@ -70,11 +72,11 @@ def test_only_airflow_tasks_run_is_accepted(tmp_path: Path, command) -> None:
 
 def test_command_to_job_by_mode() -> None:
     cmd = ["airflow", "tasks", "run", "my_dag", "my_task", "run_1", "--local", "--subdir", "DAGS_FOLDER/x.py"]
-    fork = compat.command_to_job(key(), cmd, mode=RunMode.FORK)
-    sub = compat.command_to_job(key(), cmd, mode=RunMode.SUBPROCESS)
-    assert isinstance(fork.runnable, ForkCall) and fork.runnable.func is compat.run_command_in_child
+    fork = LINE.to_job(key(), cmd, mode=RunMode.FORK)
+    sub = LINE.to_job(key(), cmd, mode=RunMode.SUBPROCESS)
+    assert isinstance(fork.runnable, ForkCall) and fork.runnable.func is run_command_in_child
     assert isinstance(sub.runnable, Command) and list(sub.runnable.argv) == cmd
-    assert fork.env == {compat.PARSING_CONTEXT_DAG_ID: "my_dag", compat.PARSING_CONTEXT_TASK_ID: "my_task"}
+    assert fork.env == {PARSING_CONTEXT_DAG_ID: "my_dag", PARSING_CONTEXT_TASK_ID: "my_task"}
 
 
 def test_missing_airflow_executable_fails_the_task_not_the_worker(
@@ -152,7 +154,7 @@ def test_revoke_task_on_airflow_2(tmp_path: Path) -> None:
         # (its process waits on the gate), the second waits in forklift until it is revoked.
         ex.strategy.submit(
             dataclasses.replace(
-                compat.command_to_job(key("blocker"), blocker, mode=RunMode.SUBPROCESS),
+                LINE.to_job(key("blocker"), blocker, mode=RunMode.SUBPROCESS),
                 runnable=Command(
                     [sys.executable, "-c", f"import os, time\nwhile os.path.exists({str(gate)!r}): time.sleep(0.01)"]
                 ),
@@ -178,7 +180,7 @@ def test_revoke_task_on_airflow_2(tmp_path: Path) -> None:
 
 def test_executor_config_memory_limit_reaches_the_job_and_a_bad_one_fails_only_that_task(tmp_path: Path) -> None:
     cmd = ["airflow", "tasks", "run", "d", "t", "r", "--local"]
-    job = compat.command_to_job(key(), cmd, mode=RunMode.FORK, memory_limit=2048)
+    job = LINE.to_job(key(), cmd, mode=RunMode.FORK, memory_limit=2048)
     assert job.memory_limit_mib == 2048
     ex = forklift.LocalExecutor(parallelism=1)
     ex.start()
@@ -190,4 +192,33 @@ def test_executor_config_memory_limit_reaches_the_job_and_a_bad_one_fails_only_t
         ex.end()
     assert state == TaskInstanceState.FAILED
     assert "executor_config['forklift']['memory_limit_mb'] = 'lots' is invalid" in info
+    assert not ex.running
+
+
+def test_a_key_that_is_not_a_task_instance_key_is_dispatched_not_refused(tmp_path: Path) -> None:
+    """The execution_timeout lookup reads key.dag_id; a plain tuple has none. That only means "no
+    deadline": the command runs (it fails here, with no DAG to run, but by running)."""
+    assert LINE.execution_timeout(("d", "t", "r", 1, -1)) is None
+    plain = ("d", "t", "r", 1, -1)
+    ex = forklift.LocalExecutor(parallelism=1)
+    ex.start()
+    try:
+        dispatch(ex, plain, ["airflow", "tasks", "run", "d", "t", "r"])  # type: ignore[arg-type]
+        assert not ex._refused, "dispatched, not refused"
+        state, info = wait_for_event(ex, plain)  # type: ignore[arg-type]
+    finally:
+        ex.end()
+    assert state == TaskInstanceState.FAILED and "dag_id" not in str(info), info
+
+
+def test_work_refused_just_before_end_leaves_no_key_in_running() -> None:
+    """Airflow 2's trigger_tasks adds the key to running after execute_async returns; when end() comes
+    before the next sync(), the refusal must still be reported and the key freed."""
+    ex = forklift.LocalExecutor(parallelism=1)
+    ex.start()
+    dispatch(ex, key("refused"), ["bash", "-c", "true"])
+    assert key("refused") in ex.running
+    ex.end()
+    state, info = ex.get_event_buffer()[key("refused")]
+    assert state == TaskInstanceState.FAILED and "commands" in info
     assert not ex.running
