@@ -219,6 +219,15 @@ class LocalExecutor(_LineTraits, BaseExecutor):
             return occupied
         return max(0, occupied - self.strategy.ready_budget(READY_HORIZON))
 
+    @property
+    def slots_available(self) -> int:
+        """What this executor may still take: everything it holds counts here, held-ready tasks too; the
+        discount above is for the scheduler's cap across executors only. Stated for every line because
+        Airflow 3.4's ``BaseExecutor`` derives it from ``slots_occupied``, which would pass the discount on."""
+        if not self._held_beyond_cap:
+            return int(super().slots_available)
+        return int(self.parallelism - super().slots_occupied)
+
     # -- results ---------------------------------------------------------------------------
     def heartbeat(self) -> None:
         # Airflow 2 installs the scheduler's exit handler after start(); wrap it once it is there.

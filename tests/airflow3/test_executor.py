@@ -38,9 +38,15 @@ def make_workload(task_id: str = "t1", priority: int = 1, executor_config: dict 
     return LINE.task_workload("d", task_id, priority_weight=priority, token=TOKEN, executor_config=executor_config)
 
 
-#: What each line's scheduler may hand forklift besides tasks (callbacks from 3.2, connection tests from 3.3).
+#: What each line's scheduler may hand forklift besides tasks (callbacks from 3.2, connection tests from 3.3),
+#: by the name of its workload class.
 KINDS = {"3.1": set(), "3.2": {"ExecuteCallback"}, "3.3": {"ExecuteCallback", "TestConnection"}}
 KINDS["3.4"] = KINDS["3.3"]
+NAMES = {"callback": "ExecuteCallback", "connection test": "TestConnection"}
+
+
+def test_the_line_declares_the_kinds_its_scheduler_hands_out() -> None:
+    assert {NAMES[k] for k in LINE.workload_kinds - {"task"}} == KINDS[LINE.name]
 
 
 def test_every_workload_kind_the_line_has_is_accepted_and_no_flag_is_deprecated() -> None:
@@ -350,6 +356,7 @@ def test_defaults_hold_tasks_ready_without_counting_them_against_core_parallelis
         # What the scheduler subtracts from [core] parallelism: 2 (the cap is reached) when the 6 held
         # ready are uncounted, 8 when everything counts.
         assert ex.slots_occupied == (2 if held_uncounted else 8)
+        assert ex.slots_available == 0, "the executor's own 8 slots are full whatever the scheduler's cap counts"
         started = [tmp_path / f"t{i}.started" for i in range(8)]
         wait_for_path(started[0])
         wait_for_path(started[1])

@@ -14,7 +14,7 @@ import pytest
 from forklift.testing.measure import peak_overlap
 from forklift.testing.stack import AirflowStack, StackError
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.smoke]
 
 DAG_ID = "forklift_matrix"
 SPAN_TASKS = 20

@@ -131,6 +131,7 @@ def wait_for_log(stack: AirflowStack, text: str, before: int, timeout: float = 6
     return time.monotonic() - started
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("victim", ["task", "worker"])
 def test_killed_process_fails_the_task_and_frees_the_slot(stack: AirflowStack, out: Path, victim: str) -> None:
     # Airflow 2 fails a RUNNING task only through its zombie check (an executor's FAILED event counts

@@ -6,7 +6,7 @@ import pytest
 
 from forklift.testing.stack import AirflowStack
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.integration, pytest.mark.smoke, pytest.mark.timeout(300)]
 
 
 def test_listed_as_a_provider_with_its_executor(stack: AirflowStack) -> None:

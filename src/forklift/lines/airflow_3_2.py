@@ -20,6 +20,7 @@ class Airflow32(TaskSdkLine):
     name = "3.2"
     traits: type[ExecutorTraits] = Traits
     queue_names = ("queued_callbacks", "queued_tasks")
+    workload_kinds = frozenset({"task", "callback"})
 
     def stats(self) -> Any:
         from airflow._shared.observability.metrics.stats import Stats

@@ -19,6 +19,7 @@ class Airflow33(TaskSdkLine):
     name = "3.3"
     traits: type[ExecutorTraits] = Traits
     queue_names = ("queued_callbacks", "queued_connection_tests", "queued_tasks")
+    workload_kinds = frozenset({"task", "callback", "connection test"})
 
     def stats(self) -> Any:
         from airflow._shared.observability.metrics import stats

@@ -31,6 +31,7 @@ class Traits(ExecutorTraits):
 class Airflow34(Airflow33):
     name = "3.4"
     traits: type[ExecutorTraits] = Traits
+    map_index_column = "region_index"
 
     def workload_key(self, workload: Any) -> Any:
         return workload.ti.key if self.is_task(workload) else workload.key

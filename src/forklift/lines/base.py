@@ -40,6 +40,11 @@ class AirflowLine(ABC):
     major: int
     #: Task SDK workloads through an API server (3.x), or ``airflow tasks run`` commands (2.x).
     runs_workloads: bool
+    #: What the line's scheduler hands its executors: "task", and from 3.2 "callback", from 3.3
+    #: "connection test".
+    workload_kinds: frozenset[str] = frozenset({"task"})
+    #: The task_instance column holding the map index (3.4 renamed it region_index): test harness queries.
+    map_index_column: str = "map_index"
     #: The class attributes ``forklift.LocalExecutor`` declares on this line.
     traits: type[ExecutorTraits] = ExecutorTraits
 

@@ -464,9 +464,12 @@ class AirflowStack:
         )
 
     def task_instances(self, dag_id: str, run_id: str) -> list[TaskRow]:
+        from forklift.lines import LINE
+
+        column = LINE.map_index_column
         rows = self._query(
-            "SELECT task_id, state, queued_dttm, start_date, end_date, map_index FROM task_instance "
-            "WHERE dag_id = :d AND run_id = :r ORDER BY task_id, map_index",
+            f"SELECT task_id, state, queued_dttm, start_date, end_date, {column} FROM task_instance "
+            f"WHERE dag_id = :d AND run_id = :r ORDER BY task_id, {column}",
             d=dag_id,
             r=run_id,
         )
