@@ -120,15 +120,21 @@ class Finished(NamedTuple):
 
 
 class Recycled(NamedTuple):
-    """Not about a job: a QueuedLocalWorker says it is leaving to be replaced, and why."""
+    """Not about a job: a QueuedLocalWorker says it is leaving, and why; ``replace`` is False when it
+    leaves a pool that is shrinking (``[forklift] idle_timeout``) rather than to be replaced."""
 
     worker_pid: int
     reason: str
+    replace: bool = True
 
     @property
     def state(self) -> str:
         return RECYCLED
 
+
+#: Put on the task queue instead of a job: the idle worker that takes it leaves (the pool shrinks).
+#: ``None`` is the other sentinel: the poison pill every worker gets at the end.
+RETIRE = "retire"
 
 #: What :meth:`poll` hands the executor.
 Result = Started | Finished

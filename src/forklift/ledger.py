@@ -69,8 +69,12 @@ class Ledger:
     def record(self, message: Message) -> TypeGuard[Result]:
         """Update the books; False for a message that is not to be passed on to the executor."""
         if isinstance(message, Recycled):
-            self.counters["recycles"] += 1
-            log.info("forklift: worker %d is being replaced: %s", message.worker_pid, message.reason)
+            if message.replace:
+                self.counters["recycles"] += 1
+                log.info("forklift: worker %d is being replaced: %s", message.worker_pid, message.reason)
+            else:
+                self.counters["idle_retirements"] += 1
+                log.info("forklift: worker %d leaves the pool: %s", message.worker_pid, message.reason)
             return False
         if message.seq in self.revoked:
             if isinstance(message, Started):

@@ -4,6 +4,8 @@
 runs it, reports and exits. ``QueuedPool`` (LimitedParallelism): exactly N ``QueuedLocalWorker``s
 started with the engine take ``(seq, Job)`` items from a task queue; jobs wait in a priority heap until
 there is room, and up to ``prefetch`` more than N wait on the queue, held ready for the next free worker.
+With ``idle_timeout`` set, workers idle that long leave (down to ``min_workers``) and new ones are
+forked again as soon as work needs them.
 
 A pool knows its workers and where jobs wait before a worker starts them; what each dispatch is and
 what became of it is the ledger's (:mod:`forklift.ledger`), and everything else the engine's
@@ -21,7 +23,7 @@ from collections.abc import Hashable
 from typing import Protocol
 
 from forklift.channel import CHANNEL_ERRORS, DRAIN_BATCH, ResultChannel
-from forklift.jobs import Cause, Finished, Job, Result, WorkQueue
+from forklift.jobs import RETIRE, Cause, Finished, Job, Result, WorkQueue
 from forklift.ledger import Dispatch, Ledger
 from forklift.workers import LocalWorker, QueuedLocalWorker, WorkerOptions, _Worker
 
@@ -160,10 +162,18 @@ class QueuedPool:
     waiting for the engine's next poll. Until a worker takes it, a job can still be withdrawn.
     """
 
-    def __init__(self, host: PoolHost, size: int, prefetch: int) -> None:
+    def __init__(
+        self, host: PoolHost, size: int, prefetch: int, idle_timeout: float = 0.0, min_workers: int = 0
+    ) -> None:
         self.host = host
         self.size = size
         self.prefetch = prefetch
+        #: 0: the pool stays at ``size`` (the default). Otherwise workers idle this long leave, down to
+        #: ``min_workers``, and ``target`` (how many the pool keeps alive) follows the work.
+        self.idle_timeout = idle_timeout
+        self.min_workers = min(min_workers, size)
+        self.target = size
+        self._idle_since: dict[int, float] = {}
         self.task_queue: WorkQueue | None = None
         self._pool: dict[int, QueuedLocalWorker] = {}
         self._pending: list[tuple[int, int, Job]] = []
@@ -200,6 +210,8 @@ class QueuedPool:
     def accept(self, job: Job) -> None:
         heapq.heappush(self._pending, (-job.priority, next(self._order), job))
         self.pending_keys.add(job.key)
+        if self.target < self.size and not self.host.ending:
+            self._grow()  # a shrunk pool forks a worker for it now, not at the next poll
         self._feed()
 
     def is_pending(self, key: Hashable) -> bool:
@@ -269,6 +281,8 @@ class QueuedPool:
         for item in handed:
             if not item:
                 continue
+            if item == RETIRE:
+                continue
             seq, job = item
             dispatch = dispatched.get(job.key)
             if dispatch is not None and dispatch.seq == seq:
@@ -291,14 +305,62 @@ class QueuedPool:
 
     def after_poll(self) -> None:
         if not self.host.ending:
-            # Workers bound to a dead Manager still count until they leave; only fresh ones are
-            # fed, so start enough fresh ones to serve the full size now.
-            while sum(1 for pid, w in self._pool.items() if pid not in self.host.stale and w.is_alive()) < self.size:
-                self._spawn()
+            self._grow()
         try:
             self._feed()
+            if self.idle_timeout > 0 and not self.host.ending:
+                self._retire_idle()
         except CHANNEL_ERRORS as exc:
             self.host.restore_channel(exc)
+
+    def _fresh(self) -> list[int]:
+        """Live workers bound to the current Manager: the ones that are fed."""
+        return [pid for pid, w in self._pool.items() if pid not in self.host.stale and w.is_alive()]
+
+    def _grow(self) -> None:
+        """Keep ``target`` fresh workers alive: replace the lost, and bring a shrunk pool back up to the
+        work there is (what runs, waits on the queue or waits for room), forked from the warm scheduler."""
+        if self.target < self.size:
+            demand = len(self.host.ledger.dispatched) + len(self._pending)
+            self.target = max(self.target, min(self.size, demand))
+        # Workers bound to a dead Manager still count until they leave; only fresh ones are fed.
+        for _ in range(self.target - len(self._fresh())):
+            self._spawn()
+
+    def _retire_idle(self) -> None:
+        """Ask workers idle for ``idle_timeout`` to leave, down to ``min_workers``: a RETIRE on the task
+        queue is taken by whichever idle worker reads it first, and idle workers are alike."""
+        if self._pending:
+            return
+        dispatched = self.host.ledger.dispatched.values()
+        busy = {d.worker_pid for d in dispatched if d.worker_pid is not None}
+        fresh = self._fresh()
+        now = time.monotonic()
+        for pid in list(self._idle_since):
+            if pid not in fresh or pid in busy:
+                del self._idle_since[pid]
+        for pid in fresh:
+            if pid not in busy:
+                self._idle_since.setdefault(pid, now)
+        if any(d.worker_pid is None for d in dispatched):
+            return  # jobs on the queue: the idle workers are about to take them
+        long_idle = sum(
+            1 for pid in fresh if pid in self._idle_since and now - self._idle_since[pid] >= self.idle_timeout
+        )
+        in_flight = max(0, len(fresh) - self.target)  # RETIREs sent that no worker has taken yet
+        leave = min(long_idle - in_flight, self.target - self.min_workers)
+        if leave <= 0:
+            return
+        for _ in range(leave):
+            self._tasks.put(RETIRE)
+        self.target -= leave
+        self._idle_since.clear()  # the ones staying start a new idle period
+        log.info(
+            "forklift: %d worker(s) idle for %g s ([forklift] idle_timeout) leave the pool; %d stay",
+            leave,
+            self.idle_timeout,
+            self.target,
+        )
 
     def reopen_queues(self) -> None:
         # Jobs handed to the dead queue that no worker had started go to the new one.

@@ -140,6 +140,34 @@ CONFIG_OPTIONS: dict[str, dict[str, Any]] = {
         "example": "2048",
         "default": "0",
     },
+    "max_memory_growth_per_child": {
+        "description": (
+            "Replace a QueuedLocalWorker whose RSS has grown more than this many MiB over its size just after "
+            "it started, checked between tasks: a guard against leaks relative to the scheduler's own size, "
+            "beside max_memory_per_child's absolute one. 0: never."
+        ),
+        "type": "integer",
+        "example": "512",
+        "default": "0",
+    },
+    "idle_timeout": {
+        "description": (
+            "Seconds a QueuedLocalWorker may sit idle before it leaves the pool (LimitedParallelism), down to "
+            "min_workers; a new one is forked from the scheduler as soon as work needs it. 0: never, the pool "
+            "stays at parallelism workers from start (the default)."
+        ),
+        "type": "float",
+        "example": "300",
+        "default": "0",
+    },
+    "min_workers": {
+        "description": (
+            "With idle_timeout set: how many QueuedLocalWorkers stay however idle the pool is (0 to parallelism)."
+        ),
+        "type": "integer",
+        "example": "2",
+        "default": "0",
+    },
     "preload_modules": {
         "description": (
             "Comma-separated modules imported once in the scheduler before workers fork (fork mode), so that "

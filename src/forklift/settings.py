@@ -54,6 +54,11 @@ class Settings:
     max_tasks_per_child: int = 0
     #: Replace a QueuedLocalWorker whose RSS exceeds this many MiB between tasks (0: never).
     max_memory_per_child: int = 0
+    #: Replace a QueuedLocalWorker whose RSS has grown this many MiB over its size after start (0: never).
+    max_memory_growth_per_child: int = 0
+    #: LimitedParallelism: workers idle this many seconds leave the pool, down to min_workers (0: never).
+    idle_timeout: float = 0.0
+    min_workers: int = 0
     #: Seconds past a task's execution_timeout before forklift stops it from outside (-1: never).
     timeout_grace: float = 30.0
     #: LimitedParallelism: how many tasks forklift accepts per worker (as Celery's
@@ -215,6 +220,13 @@ def load_settings(lookup: Lookup, *, parallelism: int | None = None) -> Settings
     else:
         timeout_grace = seconds("timeout_grace", Settings.timeout_grace)
 
+    min_workers = count("min_workers", MAX_PARALLELISM)
+    if parallelism and min_workers > parallelism:
+        raise ConfigError(
+            f"{_describe(SECTION, 'min_workers')} = {min_workers} is more than the {parallelism} workers there are "
+            f"([forklift] parallelism); set it from 0 to {parallelism}."
+        )
+
     raw_multiplier = lookup(SECTION, "prefetch_multiplier")
     if raw_multiplier is None:
         multiplier = Settings.prefetch_multiplier
@@ -265,6 +277,9 @@ def load_settings(lookup: Lookup, *, parallelism: int | None = None) -> Settings
         kill_grace=seconds("kill_grace", Settings.kill_grace),
         max_tasks_per_child=count("max_tasks_per_child", 1_000_000_000),
         max_memory_per_child=count("max_memory_per_child", 1_048_576),  # 1 TiB, in MiB
+        max_memory_growth_per_child=count("max_memory_growth_per_child", 1_048_576),
+        idle_timeout=seconds("idle_timeout", 0.0),
+        min_workers=min_workers,
         timeout_grace=timeout_grace,
         prefetch_multiplier=multiplier,
         preload_modules=preload,

@@ -69,6 +69,11 @@ class EngineOptions:
     max_tasks_per_child: int = 0
     #: Replace a QueuedLocalWorker whose RSS exceeds this many MiB between tasks (0: never).
     max_memory_per_child: int = 0
+    #: Replace a QueuedLocalWorker whose RSS has grown this many MiB since it started (0: never).
+    max_memory_growth_per_child: int = 0
+    #: LimitedParallelism: workers idle this many seconds leave, down to ``min_workers`` (0: never).
+    idle_timeout: float = 0.0
+    min_workers: int = 0
     #: LimitedParallelism: tasks accepted beyond the workers, held ready for the next free one.
     prefetch: int = 0
     #: Where running tasks leave their records for the next scheduler (None: no handover).
@@ -93,6 +98,7 @@ class Strategy:
             init=options.worker_init,
             max_tasks=options.max_tasks_per_child,
             max_rss_mib=options.max_memory_per_child,
+            max_rss_growth_mib=options.max_memory_growth_per_child,
             records=options.records,
             orphan_timeout=options.orphan_timeout,
             oom_score_adj=options.oom_score_adj,
@@ -543,7 +549,9 @@ class LimitedParallelism(Strategy):
         super().__init__(options)
         self.parallelism = parallelism
         self.prefetch = prefetch
-        self.pool = self._queued = QueuedPool(self, parallelism, prefetch)
+        self.pool = self._queued = QueuedPool(
+            self, parallelism, prefetch, idle_timeout=options.idle_timeout, min_workers=options.min_workers
+        )
 
     @property
     def task_queue(self) -> WorkQueue | None:

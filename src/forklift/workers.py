@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from forklift.handover import ProcessId, RecordsDir, TaskRecord, boot_id
-from forklift.jobs import FAILED, RUNNING, Cause, Finished, Job, Message, Recycled, Started, WorkQueue
+from forklift.jobs import FAILED, RETIRE, RUNNING, Cause, Finished, Job, Message, Recycled, Started, WorkQueue
 from forklift.lifeline import become_subreaper, die_with_parent, kill_session, stop_children, stop_session
 from forklift.proctitle import set_title
 from forklift.runners import run_job
@@ -47,9 +47,11 @@ class WorkerOptions:
     kill_grace: float = 5.0
     #: Runs first in the worker (the adapter's after-fork hygiene; the engine knows no Airflow).
     init: Callable[[], None] | None = None
-    #: QueuedLocalWorker only: leave after this many tasks / above this RSS in MiB (0: never).
+    #: QueuedLocalWorker only: leave after this many tasks / above this RSS in MiB / once its RSS has
+    #: grown this many MiB over its size after start (0: never).
     max_tasks: int = 0
     max_rss_mib: int = 0
+    max_rss_growth_mib: int = 0
     #: Where tasks' records go so another scheduler can adopt them. None: no handover, and a
     #: worker dies with its scheduler, taking its task with it.
     records: RecordsDir | None = None
@@ -268,9 +270,12 @@ class QueuedLocalWorker(_Worker):
     ) -> None:
         super().__init__(result_queue, options, name=f"forklift-QueuedLocalWorker-{index}")
         self.task_queue = task_queue
+        self._rss_at_start = 0.0
 
     def do_work(self) -> None:
         done = 0
+        # Its size once started (forked from the scheduler, initialised): what the leak guard compares to.
+        self._rss_at_start = _rss_mib() if self.options.max_rss_growth_mib else 0.0
         while True:
             set_title(f"{TITLE_PREFIX}: <idle>")
             try:
@@ -279,6 +284,9 @@ class QueuedLocalWorker(_Worker):
                 log.warning("forklift worker %d: the task queue is gone; stopping.", os.getpid())
                 return
             if item is None:  # poison pill
+                return
+            if item == RETIRE:  # the pool is shrinking, and this worker was idle to take it
+                self._report(Recycled(os.getpid(), "idle past [forklift] idle_timeout", replace=False))
                 return
             seq, job = item
             self.execute(job, seq)
@@ -291,13 +299,26 @@ class QueuedLocalWorker(_Worker):
                 return
 
     def _recycle_reason(self, done: int) -> str | None:
-        max_tasks, max_rss_mib = self.options.max_tasks, self.options.max_rss_mib
+        max_tasks, max_rss_mib, growth_mib = (
+            self.options.max_tasks,
+            self.options.max_rss_mib,
+            self.options.max_rss_growth_mib,
+        )
         if max_tasks and done >= max_tasks:
             return f"ran {done} tasks ([forklift] max_tasks_per_child = {max_tasks})"
-        if max_rss_mib:
-            import psutil
-
-            rss_mib = psutil.Process().memory_info().rss / 2**20
-            if rss_mib > max_rss_mib:
+        if max_rss_mib or growth_mib:
+            rss_mib = _rss_mib()
+            if max_rss_mib and rss_mib > max_rss_mib:
                 return f"RSS {rss_mib:.0f} MiB is over [forklift] max_memory_per_child = {max_rss_mib} MiB"
+            if growth_mib and rss_mib - self._rss_at_start > growth_mib:
+                return (
+                    f"RSS grew {rss_mib - self._rss_at_start:.0f} MiB since it started ({self._rss_at_start:.0f} → "
+                    f"{rss_mib:.0f} MiB), over [forklift] max_memory_growth_per_child = {growth_mib} MiB"
+                )
         return None
+
+
+def _rss_mib() -> float:
+    import psutil
+
+    return float(psutil.Process().memory_info().rss) / 2**20

@@ -151,3 +151,26 @@ def supervise_a_detacher(pidfile: str) -> int:
         pass
     os.waitpid(runner, 0)
     return 0
+
+
+def leak_once_gated(gate: str, claim: str, mib: int) -> None:
+    """A worker initializer: the first worker to claim ``claim`` starts a thread that, once ``gate``
+    exists, allocates ``mib`` MiB it keeps (a leak in the worker itself, not in a task), then says so."""
+    import threading
+
+    try:
+        os.close(os.open(claim, os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        return
+
+    def leak() -> None:
+        while not os.path.exists(gate):
+            time.sleep(0.01)
+        _LEAKED.append(bytearray(os.urandom(1)) * (mib * 2**20))  # touched pages: counted in RSS
+        with open(gate + ".leaked", "w") as f:
+            f.write(str(os.getpid()))
+
+    threading.Thread(target=leak, daemon=True).start()
+
+
+_LEAKED: list[bytearray] = []

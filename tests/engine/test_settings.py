@@ -111,6 +111,12 @@ def test_seconds_defaults_and_values() -> None:
         ("max_memory_per_child", "99999999"),
         ("timeout_grace", "-2"),
         ("timeout_grace", "later"),
+        ("max_memory_growth_per_child", "-1"),
+        ("max_memory_growth_per_child", "1G"),
+        ("idle_timeout", "-3"),
+        ("idle_timeout", "soon"),
+        ("min_workers", "-1"),
+        ("min_workers", "2"),  # more than the 1 worker there is
     ],
 )
 def test_bad_recycling_and_timeout_settings(key: str, raw: str) -> None:
@@ -126,6 +132,17 @@ def test_recycling_and_timeout_defaults_keep_todays_behaviour() -> None:
         lookup_from({("forklift", "timeout_grace"): "-1", ("forklift", "max_tasks_per_child"): "100"}), parallelism=1
     )
     assert (s.timeout_grace, s.max_tasks_per_child) == (-1.0, 100)
+
+
+def test_the_pool_stays_at_parallelism_unless_idle_timeout_is_set() -> None:
+    s = load_settings(lookup_from({}), parallelism=4)
+    assert (s.idle_timeout, s.min_workers, s.max_memory_growth_per_child) == (0.0, 0, 0)
+    s = load_settings(
+        lookup_from({("forklift", "idle_timeout"): "300", ("forklift", "min_workers"): "4"}), parallelism=4
+    )
+    assert (s.idle_timeout, s.min_workers) == (300.0, 4)
+    with pytest.raises(ConfigError, match=r"min_workers \(env \S+\) = 5 is more than the 4 workers .* set it from 0 to 4"):
+        load_settings(lookup_from({("forklift", "min_workers"): "5"}), parallelism=4)
 
 
 @pytest.mark.parametrize(("raw", "expected"), [(None, True), ("False", False), ("off", False), ("TRUE", True)])
