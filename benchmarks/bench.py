@@ -7,6 +7,8 @@ missed target is reported, never an error exit.
     python benchmarks/bench.py                 # engine + end to end, 3 runs each
     python benchmarks/bench.py --runs 5 --parallelism 4
     python benchmarks/bench.py --skip-e2e      # engine only (no Airflow processes)
+    python benchmarks/bench.py --scale         # also 50 vs 1,000 tasks at parallelism 16 (adds ~25-40 min)
+    python benchmarks/bench.py --footprint     # also scheduler-tree PSS at p=32, busy and idle (adds ~6 min)
 """
 
 from __future__ import annotations
@@ -45,6 +47,20 @@ def configs(parallelisms: list[int]) -> list[e2e_bench.Config]:
     return out
 
 
+#: The scale rows: the same executors at parallelism 16, on 50 and on 1,000 tasks.
+SCALE_PARALLELISM = 16
+SCALE_DAGS = ["python", "python1000", "mapped1000"]
+
+
+def scale_configs() -> list[e2e_bench.Config]:
+    p = SCALE_PARALLELISM
+    return [e2e_bench.Config("forklift", p), e2e_bench.Config("airflow", p), e2e_bench.Config("forklift-defaults", p)]
+
+
+def footprint_configs() -> list[e2e_bench.Config]:
+    return [e2e_bench.Config(name, 32) for name in ("airflow", "forklift", "forklift-idle")]
+
+
 def parse_env(pairs: list[str]) -> dict[str, str]:
     env = {}
     for pair in pairs:
@@ -72,6 +88,14 @@ def main(argv: list[str] | None = None) -> int:
         metavar="AIRFLOW__FORKLIFT__KEY=VALUE",
         help="extra forklift setting for its scheduler runs (repeatable), e.g. to compare prefetch values",
     )
+    parser.add_argument(
+        "--scale", action="store_true", help=f"add the scale rows: 50 vs 1,000 tasks at parallelism {SCALE_PARALLELISM}"
+    )
+    parser.add_argument("--scale-runs", type=int, default=2, help="runs per configuration for the scale rows")
+    parser.add_argument(
+        "--footprint", action="store_true", help="add scheduler-tree PSS at p=32, busy and idle (with idle_timeout)"
+    )
+    parser.add_argument("--only-extra", action="store_true", help="with --scale/--footprint: skip the default rows")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--keep-home", action="store_true", help="keep the AIRFLOW_HOME (component logs) for a profile")
     args = parser.parse_args(argv)
@@ -101,7 +125,13 @@ def main(argv: list[str] | None = None) -> int:
         "runs": [],
         "summary": [],
         "engine": None,
+        "scale_runs": [],
+        "scale_summary": [],
+        "footprint_runs": [],
+        "footprint_summary": [],
     }
+    if args.only_extra:
+        args.skip_engine = args.skip_e2e = True
     if not args.skip_engine:
         print("engine benchmarks (no scheduler) …", flush=True)
         result["engine"] = engine_bench.run(major, quick=args.quick)
@@ -112,9 +142,22 @@ def main(argv: list[str] | None = None) -> int:
         )
         result["runs"] = run_e2e(args.runs, configs(parallelisms), dags, extra_env, major, keep_home=args.keep_home)
         result["summary"] = report.summarize(result["runs"])
+    if args.scale:
+        print(
+            f"scale rows on Airflow {airflow.__version__}: {args.scale_runs} run(s) × {len(scale_configs())} configurations …"
+        )
+        result["scale_runs"] = run_e2e(args.scale_runs, scale_configs(), SCALE_DAGS, extra_env, major)
+        result["scale_summary"] = report.summarize(result["scale_runs"])
+    if args.footprint:
+        print(f"footprint rows (p=32, idle after {e2e_bench.IDLE_TIMEOUT} s + 5 s) …", flush=True)
+        result["footprint_runs"] = run_e2e(
+            1, footprint_configs(), ["python"], extra_env, major, idle_after=e2e_bench.IDLE_TIMEOUT + 5
+        )
+        result["footprint_summary"] = report.summarize(result["footprint_runs"])
     result["meta"]["load_after"] = list(os.getloadavg())
     result["meta"]["took_s"] = round(time.monotonic() - started)
     result["targets"] = report.targets(result["summary"], result["engine"], dags if not args.skip_e2e else [])
+    result["targets"] += report.extra_targets(result["scale_summary"], result["footprint_summary"])
 
     table = report.markdown(result)
     print()
@@ -129,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     png = args.out / f"latest-airflow{major}.png"
     if report.chart(result, png):
         written.append(png)
+    scale_png = args.out / f"latest-airflow{major}-scale.png"
+    if report.scale_chart(result, scale_png):
+        written.append(scale_png)
     print(
         "written: " + ", ".join(str(p.relative_to(Path.cwd()) if p.is_relative_to(Path.cwd()) else p) for p in written)
     )
@@ -144,6 +190,7 @@ def run_e2e(
     major: int,
     *,
     keep_home: bool = False,
+    idle_after: float = 0,
 ) -> list[dict[str, Any]]:
     home = Path(tempfile.mkdtemp(prefix="forklift-bench-"))
     if keep_home:
@@ -160,7 +207,7 @@ def run_e2e(
         with AirflowStack(home, e2e_bench.DAGS, sql_alchemy_conn=database.url if database else None, env=env) as stack:
             stack.migrate()
             stack.start_services()
-            return e2e_bench.run(stack, cfgs, runs, dags, extra_env)
+            return e2e_bench.run(stack, cfgs, runs, dags, extra_env, idle_after=idle_after)
     finally:
         if database is not None:
             database.stop()

@@ -21,6 +21,7 @@ scheduler's process tree, sampled while the DAG runs:
 
 from __future__ import annotations
 
+import math
 import re
 import statistics
 import threading
@@ -37,12 +38,21 @@ from forklift.testing.measure import peak_overlap, percentile
 from forklift.testing.stack import AirflowStack
 
 DAGS = Path(__file__).resolve().parent / "dags"
-DAG_IDS = {"python": "bench_python", "bash": "bench_bash"}
+DAG_IDS = {
+    "python": "bench_python",
+    "bash": "bench_bash",
+    "python1000": "bench_python_1000",
+    "mapped1000": "bench_mapped_1000",
+}
+
+
+#: forklift-idle's [forklift] idle_timeout; the footprint rows measure idle PSS after this and a margin.
+IDLE_TIMEOUT = 10
 
 
 @dataclass(frozen=True)
 class Config:
-    executor: str  # "forklift", "forklift-defaults" or "airflow"
+    executor: str  # "forklift", "forklift-defaults", "forklift-idle" or "airflow"
     parallelism: int
 
     @property
@@ -67,6 +77,10 @@ class Config:
             "AIRFLOW__CORE__EXECUTOR": "forklift.LocalExecutor",
             "AIRFLOW__FORKLIFT__PARALLELISM": str(self.parallelism),
         }
+        if self.executor == "forklift-idle":
+            # The pool shrinks when idle: every worker may leave after IDLE_TIMEOUT s without work.
+            env["AIRFLOW__FORKLIFT__IDLE_TIMEOUT"] = str(IDLE_TIMEOUT)
+            env["AIRFLOW__FORKLIFT__MIN_WORKERS"] = "0"
         env.update(extra)
         if self.parallelism:
             multiplier = int(env.get("AIRFLOW__FORKLIFT__PREFETCH_MULTIPLIER", "4"))
@@ -93,6 +107,12 @@ class RunResult:
     peak_pss_mb: float
     tasks: int
     succeeded: int
+    tasks_per_s: float = float("nan")
+    #: CPU seconds per task: the scheduler's whole tree (executor, workers, tasks), and the api-server's.
+    sched_cpu_s_per_task: float = float("nan")
+    api_cpu_s_per_task: float = float("nan")
+    #: --footprint: the scheduler tree's PSS once the run is over and idle_timeout (+ margin) has passed.
+    idle_pss_mb: float = float("nan")
 
 
 def _pss_kb(pid: int) -> int:
@@ -104,6 +124,34 @@ def _pss_kb(pid: int) -> int:
     except OSError:
         pass
     return 0
+
+
+def tree_cpu_s(pid: int | None) -> float:
+    """CPU seconds a process and its live descendants used, including their reaped children's."""
+    if pid is None:
+        return float("nan")
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return float("nan")
+    total = 0.0
+    for proc in procs:
+        try:
+            t = proc.cpu_times()
+        except psutil.Error:
+            continue
+        total += t.user + t.system + t.children_user + t.children_system
+    return total
+
+
+def tree_pss_mb(pid: int) -> float:
+    try:
+        root = psutil.Process(pid)
+        pids = [pid, *(p.pid for p in root.children(recursive=True))]
+    except psutil.Error:
+        return float("nan")
+    return sum(_pss_kb(p) for p in pids) / 1024
 
 
 class TreePss:
@@ -146,12 +194,26 @@ def _wait_for_scheduler(stack: AirflowStack, before: set[int], timeout: float = 
     raise RuntimeError(f"scheduler did not start its loop within {timeout:.0f} s:\n{stack.log_tail('scheduler')}")
 
 
-def run_dag(stack: AirflowStack, config: Config, dag: str, run: int, scheduler_pid: int) -> RunResult:
+def run_dag(
+    stack: AirflowStack, config: Config, dag: str, run: int, scheduler_pid: int, *, idle_after: float = 0
+) -> RunResult:
     dag_id = DAG_IDS[dag]
     run_id = f"bench_{config.executor}_p{config.parallelism}_{dag}_{run}_{time.time_ns()}"
+    api_pid = stack.process("api-server").pid if stack.major >= 3 else None
+    cpu0, api0 = tree_cpu_s(scheduler_pid), tree_cpu_s(api_pid)
     with TreePss(scheduler_pid) as pss:
         stack.trigger(dag_id, run_id, via_api=True)
-        stack.wait_for_run(dag_id, run_id, timeout=600)
+        stack.wait_for_run(dag_id, run_id, timeout=3600)
+    cpu1, api1 = tree_cpu_s(scheduler_pid), tree_cpu_s(api_pid)
+    idle_pss = float("nan")
+    if idle_after:
+        # Workers up, no tasks: as a deployment sits between runs. Every configuration waits as long.
+        time.sleep(idle_after)
+        samples = []
+        for _ in range(6):
+            samples.append(tree_pss_mb(scheduler_pid))
+            time.sleep(0.5)
+        idle_pss = statistics.median(samples)
     info = stack.dag_run_info(dag_id, run_id)
     rows = stack.task_instances(dag_id, run_id)
     waits = [r.queued_to_start for r in rows if r.queued_to_start is not None]
@@ -174,12 +236,16 @@ def run_dag(stack: AirflowStack, config: Config, dag: str, run: int, scheduler_p
         peak_pss_mb=pss.peak_kb / 1024,
         tasks=len(rows),
         succeeded=sum(r.state == "success" for r in rows),
+        tasks_per_s=len(rows) / wall if (wall := (info["end"] - info["queued_at"]).total_seconds()) > 0 else math.nan,
+        sched_cpu_s_per_task=(cpu1 - cpu0) / len(rows) if rows else math.nan,
+        api_cpu_s_per_task=(api1 - api0) / len(rows) if rows else math.nan,
+        idle_pss_mb=idle_pss,
     )
 
 
 _EVENT = re.compile(
     r"^\[?(?P<ts>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:[.,]\d+)?(?:Z|[+-]\d\d:?\d\d)?)\]?.*Received executor event "
-    r"with state success for task instance TaskInstanceKey\(dag_id='(?P<dag>[^']+)', task_id='(?P<task>[^']+)', "
+    r"with state success for task instance .*?TaskInstanceKey\(dag_id='(?P<dag>[^']+)', task_id='(?P<task>[^']+)', "
     r"run_id='(?P<run>[^']+)'"
 )
 
@@ -221,14 +287,20 @@ def _slot_gap_p50(spans: list[tuple[Any, Any]], parallelism: int) -> float:
 
 
 def run_session(
-    stack: AirflowStack, config: Config, run: int, dags: list[str], extra_env: dict[str, str]
+    stack: AirflowStack,
+    config: Config,
+    run: int,
+    dags: list[str],
+    extra_env: dict[str, str],
+    *,
+    idle_after: float = 0,
 ) -> list[RunResult]:
     before = set(stack.scheduler_jobs_running())
     stack.start_scheduler(config.env(stack.major, extra_env))
     try:
         _wait_for_scheduler(stack, before)
         pid = stack.process("scheduler").pid
-        return [run_dag(stack, config, dag, run, pid) for dag in dags]
+        return [run_dag(stack, config, dag, run, pid, idle_after=idle_after) for dag in dags]
     finally:
         stack.stop_component("scheduler")
 
@@ -240,14 +312,16 @@ def run(
     dags: list[str],
     extra_env: dict[str, str],
     progress: Callable[[str], None] = print,
+    *,
+    idle_after: float = 0,
 ) -> list[dict[str, Any]]:
-    for dag_id in DAG_IDS.values():
-        stack.wait_for_dag(dag_id)
+    for dag in dags:
+        stack.wait_for_dag(DAG_IDS[dag])
     results: list[dict[str, Any]] = []
     for run_no in range(1, runs + 1):
         for config in configs:  # the configs list alternates forklift and Airflow's own
             t0 = time.monotonic()
-            session = run_session(stack, config, run_no, dags, extra_env)
+            session = run_session(stack, config, run_no, dags, extra_env, idle_after=idle_after)
             results += [asdict(r) for r in session]
             walls = ", ".join(f"{r.dag} {r.wall_s:.1f} s" for r in session)
             progress(f"  run {run_no}/{runs} {config.label:<18} {walls}  ({time.monotonic() - t0:.0f} s)")

@@ -18,6 +18,10 @@ METRICS = (
     "read_to_queued_p50_s",
     "peak_concurrency",
     "peak_pss_mb",
+    "tasks_per_s",
+    "sched_cpu_s_per_task",
+    "api_cpu_s_per_task",
+    "idle_pss_mb",
 )
 
 
@@ -37,7 +41,7 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "all_succeeded": all(r["succeeded"] == r["tasks"] for r in rs),
         }
         for m in METRICS:
-            values = [r[m] for r in rs if m in r and not math.isnan(r[m])]
+            values = [r[m] for r in rs if m in r and r[m] is not None and not math.isnan(r[m])]
             row[m] = {
                 "median": statistics.median(values) if values else math.nan,
                 "min": min(values, default=math.nan),
@@ -93,6 +97,33 @@ def targets(summary: list[dict[str, Any]], engine: dict[str, Any] | None, dags: 
     return out
 
 
+def extra_targets(scale: list[dict[str, Any]], footprint: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The scale and footprint targets (issue: 1,000 tasks ≤ 0.5× at p=16; idle PSS with idle_timeout ≤ 0.25×)."""
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, value: float, limit: float, unit: str = "") -> None:
+        status = "NOT RUN" if math.isnan(value) else ("PASS" if value <= limit else "FAIL")
+        out.append({"target": name, "value": value, "limit": limit, "unit": unit, "status": status})
+
+    if scale:
+        for dag in ("python1000", "mapped1000"):
+            add(f"scale p=16 {dag}: wall ÷ Airflow's", ratio(scale, 16, dag, "wall_s"), 0.5, "×")
+            add(
+                f"scale p=16 {dag}, defaults: wall ÷ Airflow's",
+                ratio(scale, 16, dag, "wall_s", "forklift-defaults"),
+                0.5,
+                "×",
+            )
+    if footprint:
+        add(
+            "p=32 idle scheduler-tree PSS with idle_timeout ÷ Airflow's",
+            ratio(footprint, 32, "python", "idle_pss_mb", "forklift-idle"),
+            0.25,
+            "×",
+        )
+    return out
+
+
 def _cell(stat: dict[str, float], fmt: str) -> str:
     if math.isnan(stat["median"]):
         return "–"
@@ -143,6 +174,37 @@ def markdown(result: dict[str, Any]) -> str:
                     f"| {_cell(row['slot_gap_p50_s'], '.2f')} |"
                 )
             lines.append("")
+    costs = [row for row in summary + result.get("scale_summary", []) if "sched_cpu_s_per_task" in row]
+    if costs:
+        lines += [
+            "Cost per task (medians): CPU seconds of the scheduler's whole tree (executor, workers, tasks) and of "
+            "the api-server (Airflow 3), per task instance; tasks per second over the DAG run's wall time.",
+            "",
+            "| executor | DAG | tasks | wall s | tasks/s | scheduler-tree CPU s/task | api-server CPU s/task | q→run p50 / p95 s | peak PSS MB |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for row in costs:
+            lines.append(
+                f"| {row['config']} | {row['dag']} | {_tasks(row)} | {_cell(row['wall_s'], '.1f')} "
+                f"| {_cell(row['tasks_per_s'], '.1f')} | {_cell(row['sched_cpu_s_per_task'], '.3f')} "
+                f"| {_cell(row['api_cpu_s_per_task'], '.3f')} | {_cell(row['q2r_p50_s'], '.2f')} / "
+                f"{_cell(row['q2r_p95_s'], '.2f')} | {_cell(row['peak_pss_mb'], '.0f')} |"
+            )
+        lines.append("")
+    footprint = result.get("footprint_summary") or []
+    if footprint:
+        lines += [
+            "Scheduler-tree PSS at parallelism 32 (MB): busy is the peak while the 50-task python DAG runs; idle is "
+            "after it, with the workers up and no tasks, once forklift-idle's idle_timeout has passed.",
+            "",
+            "| executor | busy (peak) | idle |",
+            "|---|---|---|",
+        ]
+        for row in footprint:
+            lines.append(
+                f"| {row['config']} | {_cell(row['peak_pss_mb'], '.0f')} | {_cell(row['idle_pss_mb'], '.0f')} |"
+            )
+        lines.append("")
     engine = result.get("engine")
     if engine:
         t = engine["throughput_per_s"]
@@ -165,6 +227,47 @@ def markdown(result: dict[str, Any]) -> str:
         value = "–" if math.isnan(t["value"]) else f"{t['value']:.2f} {t['unit']}".strip()
         lines.append(f"| {t['target']} | {value} | ≤ {t['limit']:g} {t['unit']} | {t['status']} |")
     return "\n".join(lines) + "\n"
+
+
+def _tasks(row: dict[str, Any]) -> str:
+    return {"python": "50", "bash": "50", "python1000": "1,000", "mapped1000": "1,000 mapped"}.get(row["dag"], "?")
+
+
+def scale_chart(result: dict[str, Any], path: Path) -> bool:
+    """Per-task cost from 50 to 1,000 tasks at p=16: wall per task and scheduler-tree CPU per task."""
+    summary = result.get("scale_summary") or []
+    if not summary:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for executor in dict.fromkeys(r["executor"] for r in summary):
+        for dag, marker in (("python1000", "o"), ("mapped1000", "s")):
+            small = _find(summary, executor, 16, "python")
+            big = _find(summary, executor, 16, dag)
+            if not small or not big:
+                continue
+            xs = [50, 1000]
+            walls = [small["wall_s"]["median"] / 50, big["wall_s"]["median"] / 1000]
+            cpus = [small["sched_cpu_s_per_task"]["median"], big["sched_cpu_s_per_task"]["median"]]
+            label = f"{executor} ({'independent' if dag == 'python1000' else 'mapped'})"
+            axes[0].plot(xs, walls, marker=marker, label=label)
+            axes[1].plot(xs, cpus, marker=marker, label=label)
+    for ax, title in ((axes[0], "DAG-run wall per task (s)"), (axes[1], "scheduler-tree CPU per task (s)")):
+        ax.set_xscale("log")
+        ax.set_xticks([50, 1000])
+        ax.set_xticklabels(["50", "1,000"])
+        ax.set_xlabel("task instances in the DAG run")
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Per-task cost, 50 → 1,000 tasks at parallelism 16 — Airflow {result['meta']['airflow']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def chart(result: dict[str, Any], path: Path) -> bool:

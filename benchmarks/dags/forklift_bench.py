@@ -1,4 +1,6 @@
-"""The benchmark's DAGs: 50 independent no-op tasks each, one of PythonOperators, one of BashOperators.
+"""The benchmark's DAGs: 50 independent no-op tasks each, one of PythonOperators, one of BashOperators;
+and for the scale rows (``--scale``) 1,000 independent no-op PythonOperators, and one task mapped over
+1,000 indices.
 
 ``max_active_tasks`` is raised so that only the executor's parallelism limits concurrency.
 """
@@ -19,9 +21,14 @@ except ImportError:
     from airflow.operators.python import PythonOperator  # type: ignore[no-redef]
 
 TASKS = 50
+SCALE = 1000
 
 
 def noop() -> None:
+    return None
+
+
+def noop_arg(index: int) -> None:
     return None
 
 
@@ -43,3 +50,10 @@ with _dag("bench_python"):
 with _dag("bench_bash"):
     for i in range(TASKS):
         BashOperator(task_id=f"true_{i:02d}", bash_command="true")
+
+with _dag("bench_python_1000"):
+    for i in range(SCALE):
+        PythonOperator(task_id=f"noop_{i:04d}", python_callable=noop)
+
+with _dag("bench_mapped_1000"):
+    PythonOperator.partial(task_id="mapped", python_callable=noop_arg).expand(op_args=[[i] for i in range(SCALE)])
