@@ -95,6 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--footprint", action="store_true", help="add scheduler-tree PSS at p=32, busy and idle (with idle_timeout)"
     )
+    parser.add_argument(
+        "--profile-api",
+        type=Path,
+        metavar="DIR",
+        help="py-spy the api-server during each end-to-end DAG run; collapsed stacks and a summary go to DIR",
+    )
     parser.add_argument("--only-extra", action="store_true", help="with --scale/--footprint: skip the default rows")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--keep-home", action="store_true", help="keep the AIRFLOW_HOME (component logs) for a profile")
@@ -140,8 +146,22 @@ def main(argv: list[str] | None = None) -> int:
             f"end to end on Airflow {airflow.__version__}: {args.runs} run(s) × {len(configs(parallelisms))} configurations …",
             flush=True,
         )
-        result["runs"] = run_e2e(args.runs, configs(parallelisms), dags, extra_env, major, keep_home=args.keep_home)
+        if args.profile_api:
+            args.profile_api.mkdir(parents=True, exist_ok=True)
+        result["runs"] = run_e2e(
+            args.runs,
+            configs(parallelisms),
+            dags,
+            extra_env,
+            major,
+            keep_home=args.keep_home,
+            profile_dir=args.profile_api,
+        )
         result["summary"] = report.summarize(result["runs"])
+        if args.profile_api:
+            summary = report.profile_summary(args.profile_api)
+            (args.profile_api / "summary.md").write_text(summary)
+            print(summary)
     if args.scale:
         print(
             f"scale rows on Airflow {airflow.__version__}: {args.scale_runs} run(s) × {len(scale_configs())} configurations …"
@@ -191,6 +211,7 @@ def run_e2e(
     *,
     keep_home: bool = False,
     idle_after: float = 0,
+    profile_dir: Path | None = None,
 ) -> list[dict[str, Any]]:
     home = Path(tempfile.mkdtemp(prefix="forklift-bench-"))
     if keep_home:
@@ -207,7 +228,7 @@ def run_e2e(
         with AirflowStack(home, e2e_bench.DAGS, sql_alchemy_conn=database.url if database else None, env=env) as stack:
             stack.migrate()
             stack.start_services()
-            return e2e_bench.run(stack, cfgs, runs, dags, extra_env, idle_after=idle_after)
+            return e2e_bench.run(stack, cfgs, runs, dags, extra_env, idle_after=idle_after, profile_dir=profile_dir)
     finally:
         if database is not None:
             database.stop()

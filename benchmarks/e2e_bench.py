@@ -23,7 +23,10 @@ from __future__ import annotations
 
 import math
 import re
+import signal
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -194,14 +197,58 @@ def _wait_for_scheduler(stack: AirflowStack, before: set[int], timeout: float = 
     raise RuntimeError(f"scheduler did not start its loop within {timeout:.0f} s:\n{stack.log_tail('scheduler')}")
 
 
+class ApiProfile:
+    """``py-spy record`` of the api-server (and its workers) for one DAG run, as collapsed stacks."""
+
+    def __init__(self, api_pid: int | None, out: Path | None) -> None:
+        self.api_pid, self.out = api_pid, out
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> ApiProfile:
+        if self.api_pid is not None and self.out is not None:
+            py_spy = Path(sys.executable).with_name("py-spy")
+            self._proc = subprocess.Popen(
+                [
+                    str(py_spy),
+                    "record",
+                    "--pid",
+                    str(self.api_pid),
+                    "--subprocesses",
+                    "--nonblocking",
+                    "--rate",
+                    "200",
+                    "--format",
+                    "raw",
+                    "--output",
+                    str(self.out),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+            self._proc.wait(timeout=60)
+
+
 def run_dag(
-    stack: AirflowStack, config: Config, dag: str, run: int, scheduler_pid: int, *, idle_after: float = 0
+    stack: AirflowStack,
+    config: Config,
+    dag: str,
+    run: int,
+    scheduler_pid: int,
+    *,
+    idle_after: float = 0,
+    profile_dir: Path | None = None,
 ) -> RunResult:
     dag_id = DAG_IDS[dag]
     run_id = f"bench_{config.executor}_p{config.parallelism}_{dag}_{run}_{time.time_ns()}"
     api_pid = stack.process("api-server").pid if stack.major >= 3 else None
+    profile = profile_dir / f"api-{config.executor}-p{config.parallelism}-{dag}-{run}.txt" if profile_dir else None
     cpu0, api0 = tree_cpu_s(scheduler_pid), tree_cpu_s(api_pid)
-    with TreePss(scheduler_pid) as pss:
+    with TreePss(scheduler_pid) as pss, ApiProfile(api_pid, profile):
         stack.trigger(dag_id, run_id, via_api=True)
         stack.wait_for_run(dag_id, run_id, timeout=3600)
     cpu1, api1 = tree_cpu_s(scheduler_pid), tree_cpu_s(api_pid)
@@ -294,13 +341,14 @@ def run_session(
     extra_env: dict[str, str],
     *,
     idle_after: float = 0,
+    profile_dir: Path | None = None,
 ) -> list[RunResult]:
     before = set(stack.scheduler_jobs_running())
     stack.start_scheduler(config.env(stack.major, extra_env))
     try:
         _wait_for_scheduler(stack, before)
         pid = stack.process("scheduler").pid
-        return [run_dag(stack, config, dag, run, pid, idle_after=idle_after) for dag in dags]
+        return [run_dag(stack, config, dag, run, pid, idle_after=idle_after, profile_dir=profile_dir) for dag in dags]
     finally:
         stack.stop_component("scheduler")
 
@@ -314,6 +362,7 @@ def run(
     progress: Callable[[str], None] = print,
     *,
     idle_after: float = 0,
+    profile_dir: Path | None = None,
 ) -> list[dict[str, Any]]:
     for dag in dags:
         stack.wait_for_dag(DAG_IDS[dag])
@@ -321,7 +370,9 @@ def run(
     for run_no in range(1, runs + 1):
         for config in configs:  # the configs list alternates forklift and Airflow's own
             t0 = time.monotonic()
-            session = run_session(stack, config, run_no, dags, extra_env, idle_after=idle_after)
+            session = run_session(
+                stack, config, run_no, dags, extra_env, idle_after=idle_after, profile_dir=profile_dir
+            )
             results += [asdict(r) for r in session]
             walls = ", ".join(f"{r.dag} {r.wall_s:.1f} s" for r in session)
             progress(f"  run {run_no}/{runs} {config.label:<18} {walls}  ({time.monotonic() - t0:.0f} s)")

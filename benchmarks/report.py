@@ -312,3 +312,27 @@ def chart(result: dict[str, Any], path: Path) -> bool:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+def profile_summary(directory: Path, top: int = 12) -> str:
+    """From py-spy's collapsed stacks per run: samples per configuration, and where they went (the
+    innermost frame in the api-server's own code paths, grouped by function), for comparison."""
+    by_config: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    totals: dict[str, int] = defaultdict(int)
+    for path in sorted(directory.glob("api-*.txt")):
+        config = path.stem.rsplit("-", 1)[0].removeprefix("api-")
+        for line in path.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            if not count.isdigit():
+                continue
+            frames = stack.split(";")
+            leaf = frames[-1] if frames else "?"
+            name = leaf.split(" (")[0]
+            by_config[config][name] += int(count)
+            totals[config] += int(count)
+    lines = ["| configuration | samples (200/s, all runs) | top functions (share of samples) |", "|---|---|---|"]
+    for config, counts in by_config.items():
+        ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:top]
+        share = ", ".join(f"{name} {count / totals[config]:.0%}" for name, count in ranked)
+        lines.append(f"| {config} | {totals[config]} | {share} |")
+    return "\n".join(lines) + "\n"
