@@ -23,7 +23,7 @@ DEMO_PY := $(call py-of,$(AIRFLOW_VERSION))
 # Airflow 2 lines need a PostgreSQL (they refuse SQLite with a parallel executor).
 DEMO_DEPS := $(call venv-of,$(AIRFLOW_VERSION))/.installed $(if $(call is-2,$(AIRFLOW_VERSION)),system-deps)
 
-.PHONY: demo test lint system-deps bench docs venv venv2 venvs clean test-summary \
+.PHONY: demo test lint system-deps bench docs venv venv2 venvs clean test-summary stream-a stream-b \
 	$(addprefix test-,$(LINES)) $(addprefix smoke-,$(LINES))
 
 venv: $(call venv-of,3.3)/.installed
@@ -83,15 +83,29 @@ docs: venv
 
 # The whole suite: lint and types; the engine once (on 3.3); the adapter, unit and real-Airflow tests on
 # every full line and the smoke subset (-m smoke) on the others; the docs; then what ran, per line.
-test: lint $(addprefix test-,$(FULL_LINES)) $(addprefix smoke-,$(SMOKE_LINES)) docs
+# The lines run in two streams at once, balanced by their measured times: the suite mostly waits on
+# Airflow's own loops, so two deployments share 2 cores (one stream alone takes ~65 min there).
+# TEST_JOBS=1 runs the streams one after the other. Each line's output is prefixed with its name.
+TEST_JOBS ?= 2
+STREAM_A := test-3.4 test-2.11 smoke-2.10
+STREAM_B := test-3.3 smoke-3.2 smoke-3.1
+test: lint
+	@rm -f $(REPORTS)/*.summary
+	$(MAKE) --no-print-directory -j$(TEST_JOBS) --output-sync=line stream-a stream-b
+	$(MAKE) --no-print-directory docs
 	@$(MAKE) --no-print-directory test-summary
+
+stream-a:
+	@for t in $(STREAM_A); do $(MAKE) --no-print-directory $$t || exit 1; done
+stream-b:
+	@for t in $(STREAM_B); do $(MAKE) --no-print-directory $$t || exit 1; done
 
 REPORTS := build/test-reports
 line-tests = tests/adapter $(if $(call is-2,$(1)),tests/airflow2,tests/airflow3) tests/integration
 # pytest's last line (counts and time) is kept per line for the summary; its exit status is pytest's.
 define run_line
 	@mkdir -p $(REPORTS)
-	set -o pipefail; $(call py-of,$(1)) -m pytest $(2) $(PYTEST_ARGS) 2>&1 | tee $(REPORTS)/$(1).log
+	set -o pipefail; $(call py-of,$(1)) -m pytest $(2) $(PYTEST_ARGS) 2>&1 | tee $(REPORTS)/$(1).log | sed -u 's/^/[$(1)] /'
 	@{ echo "Airflow $(1) ($(3)): $$(grep -m1 -o '^apache-airflow==.*' requirements/airflow-$(1).txt)"; \
 	   grep -E '^=+ .*(passed|failed|error).* in ' $(REPORTS)/$(1).log | tail -1; } > $(REPORTS)/$(1).summary
 endef

@@ -141,7 +141,9 @@ def test_the_pool_stays_at_parallelism_unless_idle_timeout_is_set() -> None:
         lookup_from({("forklift", "idle_timeout"): "300", ("forklift", "min_workers"): "4"}), parallelism=4
     )
     assert (s.idle_timeout, s.min_workers) == (300.0, 4)
-    with pytest.raises(ConfigError, match=r"min_workers \(env \S+\) = 5 is more than the 4 workers .* set it from 0 to 4"):
+    with pytest.raises(
+        ConfigError, match=r"min_workers \(env \S+\) = 5 is more than the 4 workers .* set it from 0 to 4"
+    ):
         load_settings(lookup_from({("forklift", "min_workers"): "5"}), parallelism=4)
 
 

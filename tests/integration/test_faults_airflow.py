@@ -123,10 +123,14 @@ def out(tmp_path: Path, stack: AirflowStack):
     stack.fail_unfinished("forklift_fault_%")
 
 
-def wait_for_log(stack: AirflowStack, text: str, before: int, timeout: float = 60) -> float:
+def count_events(stack: AirflowStack, pattern: re.Pattern[str]) -> int:
+    return len(pattern.findall(stack.log_tail("scheduler", chars=10**8)))
+
+
+def wait_for_log(stack: AirflowStack, pattern: re.Pattern[str], before: int, timeout: float = 60) -> float:
     started = time.monotonic()
-    while stack.log_tail("scheduler", chars=10**8).count(text) <= before:
-        assert time.monotonic() - started < timeout, f"scheduler never logged {text!r}"
+    while count_events(stack, pattern) <= before:
+        assert time.monotonic() - started < timeout, f"scheduler never logged {pattern.pattern!r}"
         time.sleep(0.05)
     return time.monotonic() - started
 
@@ -144,13 +148,18 @@ def test_killed_process_fails_the_task_and_frees_the_slot(stack: AirflowStack, o
         }
     )
     run_id = f"kill_{victim}"
-    event = f"Received executor event with state failed for task instance TaskInstanceKey(dag_id='forklift_fault_sleeper', task_id='sleeper', run_id='{run_id}'"
+    # Airflow 3.4 logs the attempt's id and then its coordinates: "… for task instance <id> (coordinates=
+    # TaskInstanceKey(…))"; earlier lines log the TaskInstanceKey itself.
+    event = re.compile(
+        r"Received executor event with state failed for task instance [^\n]*?TaskInstanceKey\("
+        + re.escape(f"dag_id='forklift_fault_sleeper', task_id='sleeper', run_id='{run_id}'")
+    )
     try:
         stack.trigger("forklift_fault_sleeper", run_id, {"out_dir": str(out)})
         record = wait_for(out / "started.json")
         title = "airflow worker -- forklift" if victim == "worker" else "supervisor -- forklift"
         pid = ancestor(record, title)
-        before = stack.log_tail("scheduler", chars=10**8).count(event)
+        before = count_events(stack, event)
         os.kill(pid, signal.SIGKILL)  # an OOM kill, as the kernel would do it
         reported = wait_for_log(stack, event, before)
         in_db = wait_for_ti(stack, "forklift_fault_sleeper", run_id, {"failed"})
