@@ -264,7 +264,7 @@ class LocalExecutor(_LineTraits, BaseExecutor):
             return
         try:
             stats = LINE.stats()
-            tags = LINE.metric_tags(getattr(self, "team_name", None))
+            tags = LINE.metric_tags(type(self).__name__, getattr(self, "team_name", None))
             for name, value in strategy.counters.items():
                 delta = value - self._metrics_sent.get(name, 0)
                 if delta > 0:

@@ -13,7 +13,7 @@ import pytest
 
 from forklift.testing.stack import AirflowStack
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.integration, pytest.mark.smoke, pytest.mark.timeout(300)]
 
 
 class StatsdListener:
@@ -37,8 +37,9 @@ class StatsdListener:
                 continue
             self.lines += data.decode(errors="replace").splitlines()
 
-    def matching(self, prefix: str) -> list[str]:
-        return [line for line in list(self.lines) if line.startswith(prefix)]
+    def matching(self, name: str) -> list[str]:
+        """Lines for metric ``name`` (tags, InfluxDB-style, follow the name after commas)."""
+        return [line for line in list(self.lines) if line.startswith(name) and line[len(name)] in ",:"]
 
     def wait_for(self, prefix: str, timeout: float = 60) -> list[str]:
         deadline = time.monotonic() + timeout
@@ -52,6 +53,10 @@ class StatsdListener:
         self.sock.close()
 
 
+def tag_names(line: str) -> set[str]:
+    return {tag.split("=")[0] for tag in line.split(":", maxsplit=1)[0].split(",")[1:]}
+
+
 def test_forklift_metrics_reach_statsd(stack: AirflowStack) -> None:
     statsd = StatsdListener()
     stack.wait_for_dag("forklift_quick")
@@ -61,6 +66,8 @@ def test_forklift_metrics_reach_statsd(stack: AirflowStack) -> None:
             "AIRFLOW__METRICS__STATSD_HOST": "127.0.0.1",
             "AIRFLOW__METRICS__STATSD_PORT": str(statsd.port),
             "AIRFLOW__METRICS__STATSD_PREFIX": "airflow",
+            # Tags on the wire, so forklift's can be compared with the ones this line's own executor metrics use.
+            "AIRFLOW__METRICS__STATSD_INFLUXDB_ENABLED": "True",
             "AIRFLOW__FORKLIFT__PARALLELISM": "2",
         }
     )
@@ -69,9 +76,14 @@ def test_forklift_metrics_reach_statsd(stack: AirflowStack) -> None:
         stack.trigger("forklift_quick", run_id)
         assert stack.wait_for_run("forklift_quick", run_id, timeout=180) == "success"
         # One timing per task, from submit() to its process running.
-        assert len(statsd.wait_for("airflow.forklift.dispatch_latency:")) >= 3, statsd.lines[-20:]
-        gauges = statsd.wait_for("airflow.forklift.live_workers:")
+        assert len(statsd.wait_for("airflow.forklift.dispatch_latency")) >= 3, statsd.lines[-20:]
+        gauges = statsd.wait_for("airflow.forklift.live_workers")
         assert gauges and gauges[-1].split(":")[1].startswith("2|g"), gauges[-3:]
+        # Tagged as this Airflow line tags its own executor metrics ("name" up to 3.2, then
+        # "executor_class_name"), less the per-metric "status".
+        theirs = statsd.wait_for("airflow.executor.open_slots")
+        assert theirs, statsd.lines[-20:]
+        assert tag_names(gauges[-1]) == tag_names(theirs[-1]) - {"status"}, (gauges[-1], theirs[-1])
 
         # A worker dies (an OOM kill, say): counted, and replaced.
         scheduler = psutil.Process(stack.process("scheduler").pid)
@@ -80,8 +92,8 @@ def test_forklift_metrics_reach_statsd(stack: AirflowStack) -> None:
         ]
         assert len(workers) == 2
         os.kill(workers[0].pid, signal.SIGKILL)
-        deaths = statsd.wait_for("airflow.forklift.worker_deaths:")
-        assert deaths and deaths[0].startswith("airflow.forklift.worker_deaths:1|c"), deaths
+        deaths = statsd.wait_for("airflow.forklift.worker_deaths")
+        assert deaths and deaths[0].split(":")[1].startswith("1|c"), deaths
     finally:
         code = stack.stop_component("scheduler")
         statsd.close()

@@ -33,6 +33,13 @@ class Airflow33(TaskSdkLine):
         # A task's running_state is None: its supervisor reports RUNNING to the API server itself.
         return WorkloadStates(workload.running_state, workload.success_state, workload.failure_state)
 
+    def metric_tags(self, executor_class: str, team_name: str | None) -> dict[str, str]:
+        """From 3.3 Airflow's executor metrics say ``executor_class_name``, and ``team_name`` for a team's."""
+        tags = {"executor_class_name": executor_class}
+        if team_name:
+            tags["team_name"] = team_name
+        return tags
+
     def execution_api_url(self, executor_conf: Any) -> str:
         from airflow.configuration import conf
         from airflow.executors.base_executor import get_execution_api_server_url

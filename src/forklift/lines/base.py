@@ -79,9 +79,10 @@ class AirflowLine(ABC):
     def stats(self) -> Any:
         """Airflow's metrics facade: ``incr(stat, count, tags=)``, ``gauge``, ``timing``."""
 
-    def metric_tags(self, team_name: str | None) -> dict[str, str] | None:
-        """The tags forklift's metrics carry (the team, where the line has teams)."""
-        return None
+    def metric_tags(self, executor_class: str, team_name: str | None) -> dict[str, str]:
+        """The tags forklift's metrics carry, named as the line's own executor metrics name them
+        (``executor.open_slots`` and the like): the executor's class as ``name`` up to 3.2."""
+        return {"name": executor_class}
 
     def execution_api_url(self, executor_conf: Any) -> str:
         """Where tasks reach the Execution API ("" where tasks talk to the DB instead)."""

@@ -97,9 +97,6 @@ class TaskSdkLine(AirflowLine):
             )
         return core
 
-    def metric_tags(self, team_name: str | None) -> dict[str, str] | None:
-        return {"team_name": team_name} if team_name else None
-
     def execution_api_url(self, executor_conf: Any) -> str:
         """``[core] execution_api_server_url``, else ``[api] base_url`` + ``/execution/`` (as 3.1–3.3's
         own executors derive it)."""
