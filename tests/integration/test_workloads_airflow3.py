@@ -18,7 +18,10 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def scheduler(stack: AirflowStack) -> Iterator[AirflowStack]:
-    stack.start_scheduler({"AIRFLOW__FORKLIFT__PARALLELISM": "2"})
+    # A callback runs by import path: its module must be importable by the scheduler (3.2 imports it
+    # in the executor's process; later lines in a supervisor that loads the bundle), as a user's would be.
+    dags = Path(__file__).resolve().parents[1] / "dags"
+    stack.start_scheduler({"AIRFLOW__FORKLIFT__PARALLELISM": "2", "PYTHONPATH": str(dags)})
     try:
         yield stack
     finally:

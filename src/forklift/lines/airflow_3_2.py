@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
 from forklift.lines.base import ExecutorTraits
@@ -28,7 +29,15 @@ class Airflow32(TaskSdkLine):
         return Stats
 
     def workload_key(self, workload: Any) -> Any:
-        return workload.ti.key if self.is_task(workload) else workload.callback.id
+        """A callback's events are keyed by its id as a UUID: 3.2's scheduler looks the callback up with
+        the event's key, and on SQLite a string id fails that lookup (``'str' object has no attribute
+        'hex'``) and stops the scheduler. 3.2 queues it under the string, which ``unqueue`` also takes."""
+        return workload.ti.key if self.is_task(workload) else uuid.UUID(str(workload.callback.id))
+
+    def unqueue(self, executor: Any, key: Any) -> None:
+        if isinstance(key, uuid.UUID):
+            executor.queued_callbacks.pop(str(key), None)
+        super().unqueue(executor, key)
 
     def states(self, workload: Any) -> WorkloadStates:
         if self.is_task(workload):
