@@ -8,7 +8,7 @@ import pytest
 
 from forklift.testing.ancestry import read_ancestry, under_forklift_worker
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.smoke]
 
 DAGS = Path(__file__).resolve().parent.parent / "dags_routing"
 
