@@ -85,13 +85,14 @@ docs: venv
 # every full line and the smoke subset (-m smoke) on the others; the docs; then what ran, per line.
 # The lines run in two streams at once, balanced by their measured times: the suite mostly waits on
 # Airflow's own loops, so two deployments share 2 cores (one stream alone takes ~65 min there).
-# TEST_JOBS=1 runs the streams one after the other. Each line's output is prefixed with its name.
+# TEST_JOBS=1 runs the streams one after the other. Their output interleaves, each pytest line prefixed
+# with its Airflow line (and kept whole in build/test-reports/<line>.log).
 TEST_JOBS ?= 2
 STREAM_A := test-3.4 test-2.11 smoke-2.10
 STREAM_B := test-3.3 smoke-3.2 smoke-3.1
 test: lint
 	@rm -f $(REPORTS)/*.summary
-	$(MAKE) --no-print-directory -j$(TEST_JOBS) --output-sync=line stream-a stream-b
+	$(MAKE) --no-print-directory -j$(TEST_JOBS) stream-a stream-b
 	$(MAKE) --no-print-directory docs
 	@$(MAKE) --no-print-directory test-summary
 

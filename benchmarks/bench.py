@@ -186,13 +186,18 @@ def main(argv: list[str] | None = None) -> int:
     stem = f"bench-airflow{airflow.__version__}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}"
     json_path = args.out / f"{stem}.json"
     json_path.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    (args.out / f"latest-airflow{major}.md").write_text(table)
-    (args.out / f"latest-airflow{major}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    written = [json_path, args.out / f"latest-airflow{major}.md"]
-    png = args.out / f"latest-airflow{major}.png"
+    # One "latest" per Airflow line (3.4 and 3.3 must not overwrite each other), and apart for runs of the
+    # extra rows alone, so they never replace the default table.
+    from forklift.lines import LINE
+
+    latest = f"latest-airflow{LINE.name}{'-extra' if args.only_extra else ''}"
+    (args.out / f"{latest}.md").write_text(table)
+    (args.out / f"{latest}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    written = [json_path, args.out / f"{latest}.md"]
+    png = args.out / f"{latest}.png"
     if report.chart(result, png):
         written.append(png)
-    scale_png = args.out / f"latest-airflow{major}-scale.png"
+    scale_png = args.out / f"{latest}-scale.png"
     if report.scale_chart(result, scale_png):
         written.append(scale_png)
     print(
