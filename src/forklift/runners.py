@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import select
 import signal
@@ -58,7 +59,9 @@ def run_job(job: Job, on_started: OnStarted, kill_grace: float = 5.0, oom_score_
     if outcome.stopped_by is not None:
         how = f"forklift stopped its process group with {outcome.stopped_by.name} ({describe_exit(status)})"
         if outcome.memory_mib is not None:
-            reason = f"exceeded its memory limit: {outcome.memory_mib:.0f} MiB > {job.memory_limit_mib} MiB; {how}"
+            # Rounded up: it was over the limit, so it never reads "250 MiB > 250 MiB".
+            used = math.ceil(outcome.memory_mib)
+            reason = f"exceeded its memory limit: {used} MiB > {job.memory_limit_mib} MiB; {how}"
             return FAILED, reason, Cause.MEMORY_LIMIT
         return FAILED, f"timed out: still running {job.timeout:g} s after it started; {how}", Cause.TIMED_OUT
     if status == 0:

@@ -89,14 +89,17 @@ def test_nothing_is_lost_while_the_pool_shrinks_and_grows(tmp_path: Path) -> Non
 
 def test_a_worker_whose_own_memory_grew_past_the_guard_is_replaced_between_tasks(tmp_path: Path) -> None:
     gate, claim = tmp_path / "leak-now", tmp_path / "claimed"
-    init = functools.partial(jobfns.leak_once_gated, str(gate), str(claim), 64)
-    s = LimitedParallelism(1, EngineOptions(worker_init=init, max_memory_growth_per_child=32))
+    # A guard well above what a worker grows by doing its first task (lazy imports, caches: tens of MiB in a
+    # process as big as the suite's), and a leak well above the guard.
+    init = functools.partial(jobfns.leak_once_gated, str(gate), str(claim), 256)
+    s = LimitedParallelism(1, EngineOptions(worker_init=init, max_memory_growth_per_child=128))
     s.start()
     try:
         s.submit(job("before", jobfns.ok))
         before = wait_for_results(s, {"before"})["before"]
+        assert s.counters["recycles"] == 0, "replaced before it leaked: the guard is below the warm-up growth"
         gate.touch()
-        wait_for_path(Path(str(gate) + ".leaked"))  # the worker itself now holds 64 MiB more
+        wait_for_path(Path(str(gate) + ".leaked"))  # the worker itself now holds 256 MiB more
         s.submit(job("after-leak", jobfns.ok))
         s.submit(job("fresh", jobfns.ok))
         got = wait_for_results(s, {"after-leak", "fresh"})

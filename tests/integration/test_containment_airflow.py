@@ -47,22 +47,22 @@ def _log(stack: AirflowStack) -> str:
 def test_tasks_resumed_at_once_after_deferral_all_run(
     scheduler: AirflowStack, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    """Each of 20 tasks defers to a trigger that fires at once, twice in a row: none is refused or failed."""
+    """Each of 20 tasks defers to a trigger that fires at once: none is refused or failed. (One DAG run:
+    with one process per task the race is certain in it; a second run only doubled the time.)"""
     parallelism = request.node.callspec.params["scheduler"][0]
     scheduler.wait_for_dag("forklift_resume")
     held_before = _log(scheduler).count("queued again while its earlier run is live")
-    for attempt in range(2):
-        run_id = f"resume_{attempt}_{time.monotonic_ns()}"
-        scheduler.trigger("forklift_resume", run_id, {"out_dir": str(tmp_path)})
-        assert scheduler.wait_for_run("forklift_resume", run_id, timeout=240) == "success"
-        states = {r.task_id: r.state for r in scheduler.task_instances("forklift_resume", run_id)}
-        assert set(states.values()) == {"success"}, states
+    run_id = f"resume_{time.monotonic_ns()}"
+    scheduler.trigger("forklift_resume", run_id, {"out_dir": str(tmp_path)})
+    assert scheduler.wait_for_run("forklift_resume", run_id, timeout=240) == "success"
+    states = {r.task_id: r.state for r in scheduler.task_instances("forklift_resume", run_id)}
+    assert set(states.values()) == {"success"}, states
     resumed = sorted(p.name.split(".")[0] for p in tmp_path.glob("*.resumed.*"))
-    assert len(resumed) == 40 and len(set(resumed)) == 20, resumed
+    assert len(resumed) == 20 and len(set(resumed)) == 20, resumed
     log = _log(scheduler)
     assert "not run:" not in log, "forklift refused a dispatch"
     held = log.count("queued again while its earlier run is live") - held_before
-    print(f"\n40 resumes after deferral: all succeeded; {held} came while the deferred run was still live here")
+    print(f"\n20 resumes after deferral: all succeeded; {held} came while the deferred run was still live here")
     if scheduler.major >= 3 and parallelism == 0:
         # Airflow 2's base executor itself waits while a key is still running; Airflow 3 hands it over.
         # With 4 workers every slot is held by a lingering first run, so a resumed task is queued only

@@ -334,7 +334,10 @@ def test_two_schedulers_share_the_work_and_run_nothing_twice(two_schedulers, tmp
 def test_two_schedulers_one_killed_the_other_adopts(two_schedulers, tmp_path: Path) -> None:
     st, names = two_schedulers
     run_id = "two_sigkill"
-    st.trigger("forklift_restart", run_id, {"out_dir": str(tmp_path), "long_seconds": LONG})
+    # Longer than elsewhere: the long tasks must outlast the kill, the survivor's orphan check and its
+    # adoption even on a loaded machine (make test runs two deployments at once); a task that ends by
+    # itself first is, rightly, never offered for adoption.
+    st.trigger("forklift_restart", run_id, {"out_dir": str(tmp_path), "long_seconds": 2 * LONG})
     wait_until(lambda: long_running_and_quick_done(tmp_path), "long tasks running, quick ones done", 180, st)
     seen = runs(tmp_path)
     owner_of = {t: next(names[p] for p in seen[t][0].parents if p in names) for t in LONG_TASKS}

@@ -29,7 +29,8 @@ def test_operator_executor_argument_routes_to_forklift(stack_factory, tmp_path: 
     finally:
         code = stack.stop_component("scheduler")
         assert stack.stopped_cleanly("scheduler", code), stack.log_tail("scheduler")
-    assert state == "success"
+    states = {r.task_id: r.state for r in stack.task_instances("forklift_routing", "routing_1")}
+    assert state == "success", f"{states}\n{stack.log_tail('scheduler')}"
     assert {r.task_id: r.state for r in stack.task_instances("forklift_routing", "routing_1")} == {
         "on_default": "success",
         "on_forklift": "success",

@@ -115,7 +115,9 @@ class AirflowStack:
                 "AIRFLOW__CORE__EXECUTOR": "forklift.LocalExecutor",
                 "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.sql_alchemy_conn,
+                # Ports of its own, so that deployments can run side by side (make test runs two at once).
                 "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+                "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
                 "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
                 # A test deployment is torn down, not restarted: stopping its scheduler stops its tasks
                 # too. (forklift's default, adopt, leaves them running for the next scheduler.)
