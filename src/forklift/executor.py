@@ -128,6 +128,12 @@ class LocalExecutor(_LineTraits, BaseExecutor):
             self.settings.prefetch,
             self.parallelism,
         )
+        if self.settings.idle_timeout and not self.settings.unlimited:
+            self.log.info(
+                "forklift: workers idle for %g s leave the pool, down to %d ([forklift] idle_timeout, min_workers)",
+                self.settings.idle_timeout,
+                self.settings.min_workers,
+            )
 
     def _records_dir(self) -> RecordsDir:
         """Where running tasks leave their records for the next scheduler (see forklift.handover)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from forklift.lines.base import ExecutorTraits
-from forklift.lines.task_sdk import TaskSdkLine
+from forklift.lines.task_sdk import TaskSdkLine, supervise_task
 
 
 class Traits(ExecutorTraits):
@@ -37,22 +37,10 @@ class Airflow31(TaskSdkLine):
         return ExecuteTask.model_validate_json(data)
 
     def run_workload(self, workload: Any, server: str, proctitle: str) -> int:
-        from airflow.sdk.execution_time.supervisor import supervise
-
         from forklift.proctitle import set_title
 
         set_title(proctitle)
-        return int(
-            supervise(
-                ti=workload.ti,
-                dag_rel_path=workload.dag_rel_path,
-                bundle_info=workload.bundle_info,
-                token=workload.token,
-                server=server,
-                log_path=workload.log_path,
-                subprocess_logs_to_stdout=True,
-            )
-        )
+        return supervise_task(workload, server)
 
 
 LINE = Airflow31()

@@ -7,7 +7,7 @@ import uuid
 from typing import Any
 
 from forklift.lines.base import ExecutorTraits
-from forklift.lines.task_sdk import TaskSdkLine, WorkloadStates
+from forklift.lines.task_sdk import TaskSdkLine, WorkloadStates, supervise_task
 
 log = logging.getLogger(__name__)
 
@@ -67,19 +67,7 @@ class Airflow32(TaskSdkLine):
             if not success:
                 log.error("forklift: callback %s failed: %s", workload.callback.id, error)
             return 0 if success else 1
-        from airflow.sdk.execution_time.supervisor import supervise
-
-        return int(
-            supervise(
-                ti=workload.ti,
-                dag_rel_path=workload.dag_rel_path,
-                bundle_info=workload.bundle_info,
-                token=workload.token,
-                server=server,
-                log_path=workload.log_path,
-                subprocess_logs_to_stdout=True,
-            )
-        )
+        return supervise_task(workload, server)
 
 
 LINE = Airflow32()

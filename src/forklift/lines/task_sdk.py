@@ -293,6 +293,23 @@ class TaskSdkLine(AirflowLine):
                 return
 
 
+def supervise_task(workload: Any, server: str) -> int:
+    """A task workload through the Task SDK's ``supervise()`` (3.1 and 3.2, before ``run_workload``)."""
+    from airflow.sdk.execution_time.supervisor import supervise
+
+    return int(
+        supervise(
+            ti=workload.ti,
+            dag_rel_path=workload.dag_rel_path,
+            bundle_info=workload.bundle_info,
+            token=workload.token,
+            server=server,
+            log_path=workload.log_path,
+            subprocess_logs_to_stdout=True,
+        )
+    )
+
+
 def run_workload_in_child(workload: Any, server: str, title: str, wake_supervisor: bool = True) -> int:
     """Entry point of a forked task process: the line's own supervisor runs the workload."""
     from forklift.lines import LINE
