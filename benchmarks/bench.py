@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             "load_before": list(os.getloadavg()),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "runs": args.runs,
+            "scale_runs": args.scale_runs if args.scale else None,
             "forklift_env": extra_env,
         },
         "runs": [],

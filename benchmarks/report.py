@@ -135,7 +135,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"forklift {meta['forklift']} · Airflow {meta['airflow']} ({meta['database']}) · Python {meta['python']} · "
         f"{meta['cpus']} CPUs · load {meta['load_before'][0]:.2f} before, {meta['load_after'][0]:.2f} after · "
-        f"{meta['runs']} runs each, executors alternating · {meta['date']}",
+        f"{meta['runs']} runs each (scale rows: {meta.get('scale_runs', '–')}), executors alternating · {meta['date']}",
         "",
     ]
     summary = result["summary"]
