@@ -170,9 +170,9 @@ def main(argv: list[str] | None = None) -> int:
         result["scale_runs"] = run_e2e(args.scale_runs, scale_configs(), SCALE_DAGS, extra_env, major)
         result["scale_summary"] = report.summarize(result["scale_runs"])
     if args.footprint:
-        print(f"footprint rows (p=32, idle after {e2e_bench.IDLE_TIMEOUT} s + 5 s) …", flush=True)
+        print(f"footprint rows (p=32, idle after {e2e_bench.IDLE_TIMEOUT} s + 20 s) …", flush=True)
         result["footprint_runs"] = run_e2e(
-            1, footprint_configs(), ["python"], extra_env, major, idle_after=e2e_bench.IDLE_TIMEOUT + 5
+            1, footprint_configs(), ["python"], extra_env, major, idle_after=e2e_bench.IDLE_TIMEOUT + 20
         )
         result["footprint_summary"] = report.summarize(result["footprint_runs"])
     result["meta"]["load_after"] = list(os.getloadavg())
