@@ -110,12 +110,16 @@ def detach_a_sleeper(pidfile: str) -> int:
 
 
 def grow(mib: int, path: str) -> int:
-    """Allocate ``mib`` MiB in 10 MiB steps, touching every page, then hold it; note each step in ``path``."""
+    """Allocate ``mib`` MiB in 10 MiB steps (100 MiB/s, slow enough that a supervisor starved of CPU for
+    a second on a loaded machine still stops it well short), touching every page, then hold it; note each
+    step in ``path``."""
     held = []
     for step in range(mib // 10):
         held.append(bytearray(10 * 2**20))  # zero-filled: every page is touched
-        Path(path).write_text(str((step + 1) * 10))
-        time.sleep(0.02)
+        # Written aside and renamed: a stop between truncate and write must not leave the reader ''.
+        Path(path + ".tmp").write_text(str((step + 1) * 10))
+        os.replace(path + ".tmp", path)
+        time.sleep(0.1)
     time.sleep(600)
     return 0
 
