@@ -5,6 +5,8 @@
 - subprocess dispatch against the bare cost of starting the same interpreter with the same imports;
 - throughput of trivial work items through each strategy;
 - ``LocalExecutor.sync()`` reading 1,000 results;
+- CPU per no-op task of the whole engine (caller, Manager, workers, per-task leaders), which is what
+  forklift adds to each task's own cost (Airflow's LocalExecutor runs the supervisor in its worker);
 - USS of an idle worker forked from a process that has Airflow loaded, as a scheduler has.
 """
 
@@ -106,6 +108,30 @@ def throughput(parallelism: int, mode: str, items: int) -> float:
         strategy.end(timeout=10)
 
 
+def _tree_cpu_seconds() -> float:
+    """User + system CPU of this process and of every child it has reaped (with theirs)."""
+    import resource
+
+    own, reaped = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + reaped.ru_utime + reaped.ru_stime
+
+
+def engine_cpu_per_task(items: int) -> float:
+    """CPU seconds per no-op fork-mode task, counted over the whole engine: this process, the result
+    queue's Manager, the workers and each task's leader (forked from its worker, in a session of its
+    own). end() reaps them all, so RUSAGE_CHILDREN holds their CPU once it returns."""
+    before = _tree_cpu_seconds()
+    strategy = make_strategy(4, EngineOptions(prefetch=4))
+    strategy.start()
+    try:
+        for i in range(items):
+            strategy.submit(Job(key=i, runnable=ForkCall(noop, ()), title=f"bench {i}"))
+        _wait_done(strategy, set(range(items)), timeout=600)
+    finally:
+        strategy.end(timeout=10)
+    return (_tree_cpu_seconds() - before) / items
+
+
 def sync_drain(results: int, repeats: int) -> list[float]:
     """Seconds ``LocalExecutor.sync()`` takes to read ``results`` finished tasks and report them."""
     from airflow.models.taskinstancekey import TaskInstanceKey
@@ -174,6 +200,7 @@ def run(major: int, quick: bool = False) -> dict[str, Any]:
         "unlimited_subprocess": throughput(0, "subprocess", items // 4),
     }
     drains = sync_drain(1000, 3 if quick else 5)
+    cpu_per_task = engine_cpu_per_task(items)
     uss = idle_worker_uss(4)
     return {
         "task_import": task_import,
@@ -183,5 +210,6 @@ def run(major: int, quick: bool = False) -> dict[str, Any]:
         "subprocess_over_bare": statistics.median(sub) / statistics.median(bare),
         "throughput_per_s": tput,
         "sync_drain_1000_s": {"median": statistics.median(drains), "min": min(drains), "max": max(drains)},
+        "engine_cpu_per_task_s": cpu_per_task,
         "idle_worker_uss_mb": {"median": statistics.median(uss), "max": max(uss), "n": len(uss)},
     }

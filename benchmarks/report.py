@@ -217,6 +217,7 @@ def markdown(result: dict[str, Any]) -> str:
             f"| throughput, LimitedParallelism(4) fork / subprocess | {t['limited_4_fork']:.0f} / {t['limited_4_subprocess']:.0f} items/s |",
             f"| throughput, UnlimitedParallelism fork / subprocess | {t['unlimited_fork']:.0f} / {t['unlimited_subprocess']:.0f} items/s |",
             f"| `sync()` reading 1,000 results, median (min–max) | {engine['sync_drain_1000_s']['median'] * 1000:.1f} ({engine['sync_drain_1000_s']['min'] * 1000:.1f}–{engine['sync_drain_1000_s']['max'] * 1000:.1f}) ms |",
+            f"| engine CPU per no-op fork task (leader fork, session sweep, result) | {engine.get('engine_cpu_per_task_s', float('nan')) * 1000:.1f} ms |",
             f"| idle worker USS, median (max) | {engine['idle_worker_uss_mb']['median']:.1f} ({engine['idle_worker_uss_mb']['max']:.1f}) MB |",
             "",
         ]
