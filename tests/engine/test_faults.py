@@ -3,6 +3,7 @@ job still gets exactly one result, no slot stays taken, and nothing is left runn
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import pickle
 import signal
@@ -43,7 +44,15 @@ class TestDeadWorker:
     @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSEGV])
     def test_limited_worker_killed_mid_task(self, tmp_path: Path, sig: signal.Signals) -> None:
         s = LimitedParallelism(2, EngineOptions(kill_grace=1))
-        s.start()
+        # The workers inherit pytest's faulthandler; our own SIGSEGV would print a "Fatal Python error"
+        # dump into the test log that reads like a real crash.
+        was_enabled = faulthandler.is_enabled()
+        faulthandler.disable()
+        try:
+            s.start()
+        finally:
+            if was_enabled:
+                faulthandler.enable()
         try:
             s.submit(job("victim", jobfns.hang, str(tmp_path / "pid"), False))
             task_pid, worker_pid = running_pid(s, "victim")
