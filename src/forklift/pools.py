@@ -192,18 +192,21 @@ class QueuedPool:
         self.task_queue = channel.new_queue()
 
     def start(self) -> None:
-        # Objects the GC never touches stay shared copy-on-write with every worker (Airflow #58365).
-        gc.collect()
-        gc.freeze()
-        try:
-            for _ in range(self.size):
-                self._spawn()
-        finally:
-            gc.unfreeze()
+        gc.collect()  # once, here: what is garbage now would be copied into every worker
+        for _ in range(self.size):
+            self._spawn()
 
     def _spawn(self) -> None:
+        """Fork one worker with the heap frozen, at start() and whenever one comes back later (a
+        replacement, a shrunk pool growing): objects the child's collector never walks stay shared
+        copy-on-write with the scheduler (Airflow #58365). No collect() here: a late spawn happens in
+        the scheduler's heartbeat, and a full collection of its heap would stall it."""
         worker = QueuedLocalWorker(self._tasks, self.host.results(), self.host.worker_options, index=next(self._index))
-        worker.start()
+        gc.freeze()  # the child keeps it frozen; the scheduler takes it back at once
+        try:
+            worker.start()
+        finally:
+            gc.unfreeze()
         assert worker.pid is not None
         self._pool[worker.pid] = worker
 

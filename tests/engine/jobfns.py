@@ -49,15 +49,21 @@ def span(path: str, name: str, seconds: float) -> int:
     return append(path, f"{name} {start} {time.time()}")
 
 
+def write_atomically(path: str, text: str) -> None:
+    """Write aside and rename: a reader polling for ``path`` never sees it created but still empty."""
+    Path(path + ".tmp").write_text(text)
+    os.replace(path + ".tmp", path)
+
+
 def write_env(path: str, name: str) -> int:
-    Path(path).write_text(os.environ.get(name, "<unset>"))
+    write_atomically(path, os.environ.get(name, "<unset>"))
     return 0
 
 
 def describe_process(path: str) -> int:
     """Record what the task process looks like from inside: pid, pgid, SIGINT handler."""
     handler = signal.getsignal(signal.SIGINT)
-    Path(path).write_text(f"{os.getpid()} {os.getpgid(0)} {handler is signal.default_int_handler}")
+    write_atomically(path, f"{os.getpid()} {os.getpgid(0)} {handler is signal.default_int_handler}")
     return 0
 
 
@@ -116,16 +122,22 @@ def grow(mib: int, path: str) -> int:
     held = []
     for step in range(mib // 10):
         held.append(bytearray(10 * 2**20))  # zero-filled: every page is touched
-        # Written aside and renamed: a stop between truncate and write must not leave the reader ''.
-        Path(path + ".tmp").write_text(str((step + 1) * 10))
-        os.replace(path + ".tmp", path)
+        write_atomically(path, str((step + 1) * 10))  # a stop mid-write must not leave the reader ''
         time.sleep(0.1)
     time.sleep(600)
     return 0
 
 
+def write_gc_freeze_count(path: str) -> int:
+    """How many objects this process inherited frozen (``gc.freeze()``): its collector never walks them."""
+    import gc
+
+    write_atomically(path, str(gc.get_freeze_count()))
+    return 0
+
+
 def write_oom_score_adj(path: str) -> int:
-    Path(path).write_text(Path("/proc/self/oom_score_adj").read_text().strip())
+    write_atomically(path, Path("/proc/self/oom_score_adj").read_text().strip())
     return 0
 
 

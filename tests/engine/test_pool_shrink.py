@@ -87,6 +87,24 @@ def test_nothing_is_lost_while_the_pool_shrinks_and_grows(tmp_path: Path) -> Non
         s.end(timeout=10)
 
 
+def test_a_worker_that_comes_back_is_forked_with_the_heap_frozen_as_at_start(tmp_path: Path) -> None:
+    """A worker forked later (a shrunk pool growing, a replacement) must share the scheduler's heap as the
+    ones from start() do: with it frozen, its collector never walks, and so never copies, what it inherited."""
+    s = LimitedParallelism(1, EngineOptions(idle_timeout=0.3, min_workers=0))
+    s.start()
+    try:
+        s.submit(job("at-start", jobfns.write_gc_freeze_count, str(tmp_path / "at-start")))
+        first = wait_for_results(s, {"at-start"})["at-start"]
+        poll_until(s, lambda: len(s.worker_pids()) == 0)
+        s.submit(job("came-back", jobfns.write_gc_freeze_count, str(tmp_path / "came-back")))
+        again = wait_for_results(s, {"came-back"})["came-back"]
+        assert again.worker_pid != first.worker_pid
+        assert int((tmp_path / "at-start").read_text()) > 1000
+        assert int((tmp_path / "came-back").read_text()) > 1000, "the returning worker's heap was not frozen"
+    finally:
+        s.end(timeout=10)
+
+
 def test_a_worker_whose_own_memory_grew_past_the_guard_is_replaced_between_tasks(tmp_path: Path) -> None:
     gate, claim = tmp_path / "leak-now", tmp_path / "claimed"
     # A guard well above what a worker grows by doing its first task (lazy imports, caches: tens of MiB in a
