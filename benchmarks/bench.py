@@ -7,7 +7,8 @@ missed target is reported, never an error exit.
     python benchmarks/bench.py                 # engine + end to end, 3 runs each
     python benchmarks/bench.py --runs 5 --parallelism 4
     python benchmarks/bench.py --skip-e2e      # engine only (no Airflow processes)
-    python benchmarks/bench.py --scale         # also 50 vs 1,000 tasks at parallelism 16 (adds ~25-40 min)
+    python benchmarks/bench.py --scale         # also 50 vs 1,000 tasks at parallelism 16: with --scale-runs 1,
+                                               # ~17 min on Airflow 3.x, ~35 min on 2.x (2 cores); 2 runs by default
     python benchmarks/bench.py --footprint     # also scheduler-tree PSS at p=32, busy and idle (adds ~6 min)
 """
 
