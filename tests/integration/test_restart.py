@@ -143,6 +143,8 @@ def adoptions(stack: AirflowStack, name: str = "scheduler") -> int:
 @pytest.fixture
 def out(tmp_path: Path, stack: AirflowStack) -> Iterator[Path]:
     yield tmp_path
+    if stack.is_running("scheduler"):  # a test that failed midway: the next one starts its own
+        stack.stop_component("scheduler")
     _abandon_unfinished(stack)
     for proc in forklift_processes(stack):  # a failed test must not leave work for the next one
         try:
@@ -228,7 +230,11 @@ def test_sigkill_restart_prompt_orphan_check_adopts(
     run_id = f"sigkill_prompt_{parallelism}_{mode}"
     env = scheduler_env(parallelism, mode, **PROMPT_ORPHAN_CHECK)
     stack.start_scheduler(env)
-    stack.trigger("forklift_restart", run_id, {"out_dir": str(out), "long_seconds": LONG})
+    # The long tasks run until they are seen adopted: with a fixed length, a loaded machine's slow restart
+    # let them end before the orphan check, and there was nothing left to adopt.
+    release = out / "release-long-tasks"
+    conf = {"out_dir": str(out), "long_seconds": 6 * LONG, "release": str(release)}
+    stack.trigger("forklift_restart", run_id, conf)
     wait_until(lambda: long_running_and_quick_done(out), "long tasks running, quick ones done", 180, stack)
     before = adoptions(stack)
     old = descendants(stack)
@@ -241,6 +247,7 @@ def test_sigkill_restart_prompt_orphan_check_adopts(
         lambda: adoptions(stack) >= before + 3, "the restarted scheduler adopts the 3 long tasks", 120, stack
     )
     print(f"\nSIGKILL + restart: the new scheduler adopted the 3 long tasks {took:.1f} s after the kill")
+    release.touch()
     finish_and_check(stack, out, run_id, "SIGKILL + restart, prompt orphan check", fault_at, old)
 
 
