@@ -183,7 +183,8 @@ def finish_and_check(stack: AirflowStack, out: Path, run_id: str, label: str, fa
 def test_sigterm_restart_adopts_running_tasks(stack: AirflowStack, out: Path, parallelism: int, mode: str) -> None:
     run_id = f"sigterm_{parallelism}_{mode}"
     stack.start_scheduler(scheduler_env(parallelism, mode))
-    stack.trigger("forklift_restart", run_id, {"out_dir": str(out), "long_seconds": LONG})
+    release = out / "release-long-tasks"  # as in the SIGKILL test below: they run until seen adopted
+    stack.trigger("forklift_restart", run_id, {"out_dir": str(out), "long_seconds": 6 * LONG, "release": str(release)})
     wait_until(lambda: long_running_and_quick_done(out), "long tasks running, quick ones done", 180, stack)
     long_pids = [runs(out)[t][0].pid for t in LONG_TASKS]
     before = adoptions(stack)
@@ -200,6 +201,7 @@ def test_sigterm_restart_adopts_running_tasks(stack: AirflowStack, out: Path, pa
     stack.start_scheduler(scheduler_env(parallelism, mode))
     wait_until(lambda: adoptions(stack) >= before + 3, "the restarted scheduler adopts the 3 long tasks", 120, stack)
     print(f"restarted scheduler adopted them {time.monotonic() - started:.1f} s after the SIGTERM")
+    release.touch()
     finish_and_check(stack, out, run_id, "SIGTERM restart", fault_at, old)
 
 
