@@ -51,6 +51,15 @@ def wait_for_path(path: Path, timeout: float = 30) -> str:
     return path.read_text()
 
 
+def wait_for_title(pid: int, text: str, timeout: float = 10) -> None:
+    """Until the process's title (its command line, as ``setproctitle`` sets it) holds ``text``; fails the
+    test past ``timeout``. A worker names itself "<idle>" only once it is back waiting for work."""
+    deadline = time.monotonic() + timeout
+    while text not in (title := " ".join(psutil.Process(pid).cmdline())):
+        assert time.monotonic() < deadline, f"process {pid}'s title is {title!r}, not {text!r}, after {timeout} s"
+        time.sleep(0.01)
+
+
 def main_thread_wchan(pid: int) -> str:
     """Where in the kernel the process's main thread waits ("pipe_write": blocked on a full pipe)."""
     try:

@@ -14,7 +14,7 @@ from forklift.strategies import EngineOptions, LimitedParallelism
 
 import jobfns
 from helpers import wait_for_results
-from support import wait_for_path
+from support import wait_for_path, wait_for_title
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -115,6 +115,10 @@ def test_a_worker_whose_own_memory_grew_past_the_guard_is_replaced_between_tasks
     try:
         s.submit(job("before", jobfns.ok))
         before = wait_for_results(s, {"before"})["before"]
+        # The worker reports a task's end before it checks its own size: leaking before that check would
+        # retire it at once, with the leak's note unwritten. Leak only once it waits for work again.
+        wait_for_title(before.worker_pid, "forklift: <idle>")
+        s.poll()  # a RECYCLED it sent on the way would be read here
         assert s.counters["recycles"] == 0, "replaced before it leaked: the guard is below the warm-up growth"
         gate.touch()
         wait_for_path(Path(str(gate) + ".leaked"))  # the worker itself now holds 256 MiB more

@@ -17,7 +17,7 @@ from forklift.testing.measure import peak_overlap
 
 import jobfns
 from helpers import descendants, wait_for_results, wait_for_running
-from support import wait_for_path
+from support import wait_for_path, wait_for_title
 
 PY = sys.executable
 
@@ -136,13 +136,8 @@ class TestLimited:
         try:
             assert len(s.worker_pids()) == 3
             # A worker names itself once it runs; wait for that rather than racing it.
-            deadline = time.monotonic() + 10
-            while True:
-                titles = [" ".join(psutil.Process(p).cmdline()) for p in s.worker_pids()]
-                if all("airflow worker -- forklift: <idle>" in t for t in titles) or time.monotonic() > deadline:
-                    break
-                time.sleep(0.05)
-            assert all("airflow worker -- forklift: <idle>" in t for t in titles), titles
+            for pid in s.worker_pids():
+                wait_for_title(pid, "airflow worker -- forklift: <idle>")
         finally:
             s.end(timeout=10)
         assert descendants() - before == set()
