@@ -41,9 +41,10 @@ class StatsdListener:
         """Lines for metric ``name`` (tags, InfluxDB-style, follow the name after commas)."""
         return [line for line in list(self.lines) if line.startswith(name) and line[len(name)] in ",:"]
 
-    def wait_for(self, prefix: str, timeout: float = 60) -> list[str]:
+    def wait_for(self, prefix: str, count: int = 1, timeout: float = 60) -> list[str]:
+        """The lines for ``prefix`` once there are ``count`` of them (or ``timeout`` has passed)."""
         deadline = time.monotonic() + timeout
-        while not self.matching(prefix) and time.monotonic() < deadline:
+        while len(self.matching(prefix)) < count and time.monotonic() < deadline:
             time.sleep(0.1)
         return self.matching(prefix)
 
@@ -75,8 +76,9 @@ def test_forklift_metrics_reach_statsd(stack: AirflowStack) -> None:
         run_id = f"metrics_{time.time_ns()}"
         stack.trigger("forklift_quick", run_id)
         assert stack.wait_for_run("forklift_quick", run_id, timeout=180) == "success"
-        # One timing per task, from submit() to its process running.
-        assert len(statsd.wait_for("airflow.forklift.dispatch_latency")) >= 3, statsd.lines[-20:]
+        # One timing per task, from submit() to its process running. The run's success is the DB's word and
+        # may come before the scheduler's next heartbeat sends the last timing: wait for all three.
+        assert len(statsd.wait_for("airflow.forklift.dispatch_latency", count=3)) >= 3, statsd.lines[-20:]
         gauges = statsd.wait_for("airflow.forklift.live_workers")
         assert gauges and gauges[-1].split(":")[1].startswith("2|g"), gauges[-3:]
         # Tagged as this Airflow line tags its own executor metrics ("name" up to 3.2, then
