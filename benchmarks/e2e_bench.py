@@ -114,6 +114,9 @@ class RunResult:
     #: CPU seconds per task: the scheduler's whole tree (executor, workers, tasks), and the api-server's.
     sched_cpu_s_per_task: float = float("nan")
     api_cpu_s_per_task: float = float("nan")
+    #: CPU seconds per task of the scheduler's own process alone (its loop: DB queries, queueing, reading
+    #: events), without the executor's workers and the tasks below it.
+    loop_cpu_s_per_task: float = float("nan")
     #: --footprint: the scheduler tree's PSS once the run is over and idle_timeout (+ margin) has passed.
     idle_pss_mb: float = float("nan")
 
@@ -146,6 +149,17 @@ def tree_cpu_s(pid: int | None) -> float:
             continue
         total += t.user + t.system + t.children_user + t.children_system
     return total
+
+
+def own_cpu_s(pid: int | None) -> float:
+    """CPU seconds of the process itself, not its children."""
+    if pid is None:
+        return float("nan")
+    try:
+        t = psutil.Process(pid).cpu_times()
+    except psutil.Error:
+        return float("nan")
+    return t.user + t.system
 
 
 def tree_pss_mb(pid: int) -> float:
@@ -247,11 +261,11 @@ def run_dag(
     run_id = f"bench_{config.executor}_p{config.parallelism}_{dag}_{run}_{time.time_ns()}"
     api_pid = stack.process("api-server").pid if stack.major >= 3 else None
     profile = profile_dir / f"api-{config.executor}-p{config.parallelism}-{dag}-{run}.txt" if profile_dir else None
-    cpu0, api0 = tree_cpu_s(scheduler_pid), tree_cpu_s(api_pid)
+    cpu0, api0, loop0 = tree_cpu_s(scheduler_pid), tree_cpu_s(api_pid), own_cpu_s(scheduler_pid)
     with TreePss(scheduler_pid) as pss, ApiProfile(api_pid, profile):
         stack.trigger(dag_id, run_id, via_api=True)
         stack.wait_for_run(dag_id, run_id, timeout=3600)
-    cpu1, api1 = tree_cpu_s(scheduler_pid), tree_cpu_s(api_pid)
+    cpu1, api1, loop1 = tree_cpu_s(scheduler_pid), tree_cpu_s(api_pid), own_cpu_s(scheduler_pid)
     idle_pss = float("nan")
     if idle_after:
         # Workers up, no tasks: as a deployment sits between runs. Every configuration waits as long.
@@ -286,6 +300,7 @@ def run_dag(
         tasks_per_s=len(rows) / wall if (wall := (info["end"] - info["queued_at"]).total_seconds()) > 0 else math.nan,
         sched_cpu_s_per_task=(cpu1 - cpu0) / len(rows) if rows else math.nan,
         api_cpu_s_per_task=(api1 - api0) / len(rows) if rows else math.nan,
+        loop_cpu_s_per_task=(loop1 - loop0) / len(rows) if rows else math.nan,
         idle_pss_mb=idle_pss,
     )
 
