@@ -37,6 +37,17 @@ TASK_MODULES = (
     "airflow.providers.standard.operators.python",
     "airflow.providers.standard.operators.bash",
     "airflow.providers.standard.operators.empty",
+    # Imported lazily by every supervisor (logging set-up, connections) and task process (the DAG
+    # bundle, sensors' base, jinja's extensions), seen as new in each forked task on 3.3: ~6 ms of CPU a
+    # task together. A line without one of them just skips it.
+    "airflow.sdk._shared.logging.remote",
+    "airflow.sdk._shared.logging.factory",
+    "airflow.sdk.definitions.connection",
+    "airflow.sdk.definitions.asset.metadata",
+    "airflow.sdk.bases.sensor",
+    "airflow.dag_processing.bundles.local",
+    "airflow.version",
+    "jinja2.ext",
 )
 
 
