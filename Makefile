@@ -90,11 +90,13 @@ docs: venv
 TEST_JOBS ?= 2
 STREAM_A := test-3.4 test-2.11 smoke-2.10
 STREAM_B := test-3.3 smoke-3.2 smoke-3.1
+# The summary is printed whatever the outcome, last, so the tail of a failed CI log names what failed.
 test: lint
 	@rm -f $(REPORTS)/*.summary
-	$(MAKE) --no-print-directory -j$(TEST_JOBS) stream-a stream-b
-	$(MAKE) --no-print-directory docs
-	@$(MAKE) --no-print-directory test-summary
+	@status=0; \
+	$(MAKE) --no-print-directory -j$(TEST_JOBS) stream-a stream-b || status=$$?; \
+	[ $$status != 0 ] || $(MAKE) --no-print-directory docs || status=$$?; \
+	$(MAKE) --no-print-directory test-summary; exit $$status
 
 stream-a:
 	@for t in $(STREAM_A); do $(MAKE) --no-print-directory $$t || exit 1; done
@@ -103,12 +105,16 @@ stream-b:
 
 REPORTS := build/test-reports
 line-tests = tests/adapter $(if $(call is-2,$(1)),tests/airflow2,tests/airflow3) tests/integration
-# pytest's last line (counts and time) is kept per line for the summary; its exit status is pytest's.
+# pytest's last line (counts and time) and its FAILED/ERROR lines are kept per line for the summary,
+# written whatever pytest's outcome; the recipe's exit status is pytest's.
 define run_line
 	@mkdir -p $(REPORTS)
-	set -o pipefail; $(call py-of,$(1)) -m pytest $(2) $(PYTEST_ARGS) 2>&1 | tee $(REPORTS)/$(1).log | sed -u 's/^/[$(1)] /'
-	@{ echo "Airflow $(1) ($(3)): $$(grep -m1 -o '^apache-airflow==.*' requirements/airflow-$(1).txt)"; \
-	   grep -E '^=+ .*(passed|failed|error).* in ' $(REPORTS)/$(1).log | tail -1; } > $(REPORTS)/$(1).summary
+	@set -o pipefail; status=0; \
+	$(call py-of,$(1)) -m pytest $(2) $(PYTEST_ARGS) 2>&1 | tee $(REPORTS)/$(1).log | sed -u 's/^/[$(1)] /' || status=$$?; \
+	{ echo "Airflow $(1) ($(3)): $$(grep -m1 -o '^apache-airflow==.*' requirements/airflow-$(1).txt)"; \
+	  grep -E '^=+ .*(passed|failed|error).* in ' $(REPORTS)/$(1).log | tail -1; \
+	  grep -E '^(FAILED|ERROR) ' $(REPORTS)/$(1).log | cut -c1-300 | sed 's/^/  /'; } > $(REPORTS)/$(1).summary; \
+	exit $$status
 endef
 
 $(addprefix test-,$(LINES)): test-%: .venv-%/.installed system-deps
@@ -118,7 +124,8 @@ $(addprefix smoke-,$(LINES)): smoke-%: .venv-%/.installed system-deps
 	$(call run_line,$*,-m "smoke or not integration" $(call line-tests,$*),unit tests + smoke subset)
 
 test-summary:
-	@echo "== what ran, per Airflow line"; for f in $(REPORTS)/*.summary; do [ -f "$$f" ] && cat "$$f"; done; true
+	@echo "== what ran, per Airflow line"; for l in $(LINES); do f=$(REPORTS)/$$l.summary; \
+	  if [ -f "$$f" ]; then cat "$$f"; else echo "Airflow $$l: not run (an earlier failure stopped its stream)"; fi; done
 
 # Back-compat names for the two lines the suite first ran on.
 test-airflow3: test-3.3
