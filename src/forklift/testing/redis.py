@@ -1,6 +1,6 @@
 """A private Redis on a free loopback port, for tests that need a Celery broker.
 
-It needs a ``redis-server`` on PATH (Debian's package; ``make test`` installs it on CI). The server runs in the foreground as a child of this process, persists nothing, and is stopped by pid.
+It needs a ``redis-server`` on PATH (Debian's package; ``make test`` installs it on CI). The server runs in the foreground as a child of this process, persists nothing, is stopped by pid, and stops when the test process dies (:mod:`forklift.testing.tie`).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from forklift.testing.stack import StackError, free_port
+from forklift.testing.tie import tied
 
 
 def require_redis() -> str:
@@ -40,21 +41,23 @@ class RedisServer:
         binary = require_redis()
         log = open(self.dir / "redis.log", "wb")
         self.proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.dir),
-                "--daemonize",
-                "no",
-            ],
+            tied(
+                [
+                    binary,
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(self.dir),
+                    "--daemonize",
+                    "no",
+                ]
+            ),  # gone with the test process, even if it is killed
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -28,6 +28,8 @@ from typing import Any
 
 import psutil
 
+from forklift.testing.tie import tied
+
 #: Terminal DAG-run states.
 FINISHED = {"success", "failed"}
 #: In the titles of forklift's own processes (workers, the result-queue manager, tasks).
@@ -179,7 +181,7 @@ class AirflowStack:
         log_path = self.log_dir / f"{name}.log"
         log_file = open(log_path, "ab")
         proc = subprocess.Popen(
-            [self.python, "-m", "airflow", *args],
+            tied([self.python, "-m", "airflow", *args]),  # gone with the test process, even if it is killed
             env={**self.env, **(env or {})},
             cwd=self.home,
             stdout=log_file if stdout is None else stdout,
