@@ -205,6 +205,12 @@ class AirflowStack:
         self.start_component("api-server", "api-server", "--port", str(self.api_port), "--host", "127.0.0.1")
         self.start_component("dag-processor", "dag-processor")
         self.wait_for_http(f"http://127.0.0.1:{self.api_port}/api/v2/monitor/health", component="api-server")
+        # The Execution API is built on its first request (~4 s of CPU on 3.4). Left to the first task,
+        # that request can outlast the task supervisor's HTTP timeout and retries on a loaded machine,
+        # failing the task ("Could not reach the Execution API server"): a readiness probe pays it here.
+        self.wait_for_http(
+            f"http://127.0.0.1:{self.api_port}/execution/health/ping", component="api-server", request_timeout=60
+        )
 
     def start_scheduler(self, env: Mapping[str, str] | None = None, stdout: int | None = None) -> None:
         self.start_component("scheduler", "scheduler", env=env, stdout=stdout)
@@ -349,7 +355,7 @@ class AirflowStack:
             return ""
         return path.read_text(errors="replace")[-chars:]
 
-    def wait_for_http(self, url: str, *, component: str, timeout: float = 120) -> None:
+    def wait_for_http(self, url: str, *, component: str, timeout: float = 120, request_timeout: float = 2) -> None:
         import urllib.error
         import urllib.request
 
@@ -358,7 +364,7 @@ class AirflowStack:
             if not self.is_running(component):
                 raise StackError(f"{component} exited while starting:\n{self.log_tail(component)}")
             try:
-                with urllib.request.urlopen(url, timeout=2):
+                with urllib.request.urlopen(url, timeout=request_timeout):
                     return
             except (urllib.error.URLError, OSError):
                 time.sleep(0.5)
