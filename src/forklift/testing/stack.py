@@ -135,6 +135,7 @@ class AirflowStack:
         if env:
             self.env.update(env)
         self._components: dict[str, _Component] = {}
+        self._started_at: dict[int, float] = {}
         self._started_pids: set[int] = set()
 
     def _airflow3_env(self, base_url: str) -> dict[str, str]:
@@ -192,6 +193,7 @@ class AirflowStack:
         log_file.close()
         self._components[name] = _Component(name, proc, log_path)
         self._started_pids.add(proc.pid)
+        self._started_at[proc.pid] = time.time() - 1  # create_time() has a clock tick's precision
 
     def start_services(self) -> None:
         """Airflow 3: api-server and dag-processor, and wait until the API answers.
@@ -288,12 +290,29 @@ class AirflowStack:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, signal.SIGKILL)
             code = comp.proc.wait(timeout=30)
-        # The leader is gone; anything of its group (or its own children) still alive is killed too.
+        # The leader is gone; anything of its group (or its own children) still alive is killed too,
+        # with Airflow's own children it started after the snapshot above (Airflow 2's scheduler can
+        # launch its DagFileProcessorManager while stopping): orphaned now, of this home, not forklift's.
+        members.update({p.pid: p for p in self._orphans_since(comp.proc)})
         _, alive = psutil.wait_procs([p for p in members.values() if p.pid != pgid and p.is_running()], timeout=10)
         for p in alive:
             with contextlib.suppress(psutil.NoSuchProcess):
                 p.kill()
         return code
+
+    def _orphans_since(self, leader: subprocess.Popen[bytes]) -> list[psutil.Process]:
+        """Processes of this home, re-parented to init, started since ``leader`` was, not forklift's."""
+        started = self._started_at.get(leader.pid, 0.0)
+        found = []
+        for proc in self.leftover_processes():
+            with contextlib.suppress(psutil.Error):
+                if (
+                    proc.ppid() == 1
+                    and proc.create_time() >= started
+                    and FORKLIFT_TITLE not in " ".join(proc.cmdline())
+                ):
+                    found.append(proc)
+        return found
 
     def _dump_stacks(self, comp: _Component) -> None:
         """Append the stuck process's Python stacks (py-spy, when installed) to its log."""
