@@ -34,6 +34,10 @@ from forklift.testing.tie import tied
 FINISHED = {"success", "failed"}
 #: In the titles of forklift's own processes (workers, the result-queue manager, tasks).
 FORKLIFT_TITLE = "-- forklift"
+#: How long a stopping component may take before the idle workers of Airflow's own LocalExecutor
+#: under it are released (see ``AirflowStack._release_airflows_own_idle_workers``); forklift's own
+#: ``end()`` is not in a hurry before then.
+AIRFLOW_OWN_IDLE_GRACE = 20.0
 
 
 class StackError(RuntimeError):
@@ -273,7 +277,12 @@ class AirflowStack:
         return code
 
     def stop_component(self, name: str, timeout: float = 60) -> int | None:
-        """SIGTERM the component's process group, wait, then SIGKILL what is left. Returns its exit code."""
+        """SIGTERM the component's process group, wait, then SIGKILL what is left. Returns its exit code.
+
+        After ``AIRFLOW_OWN_IDLE_GRACE`` the idle workers of Airflow's own LocalExecutor, if any, are
+        released first: Airflow's ``end()`` can wait on one of them forever (see
+        :meth:`_release_airflows_own_idle_workers`).
+        """
         comp = self._components.pop(name, None)
         if comp is None:
             return None
@@ -283,13 +292,20 @@ class AirflowStack:
         members = {p.pid: p for p in [*_group_members(pgid), *_airflows_own_descendants(pgid)]}
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
         try:
-            code = comp.proc.wait(timeout=timeout)
+            code = comp.proc.wait(timeout=min(timeout, AIRFLOW_OWN_IDLE_GRACE))
         except subprocess.TimeoutExpired:
-            self._dump_stacks(comp)  # what it was doing instead of stopping, before that is lost
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pgid, signal.SIGKILL)
-            code = comp.proc.wait(timeout=30)
+            code = None
+        if code is None:
+            self._release_airflows_own_idle_workers(comp)
+            try:
+                code = comp.proc.wait(timeout=max(deadline - time.monotonic(), 1.0))
+            except subprocess.TimeoutExpired:
+                self._dump_stacks(comp)  # what it was doing instead of stopping, before that is lost
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pgid, signal.SIGKILL)
+                code = comp.proc.wait(timeout=30)
         # The leader is gone; anything of its group (or its own children) still alive is killed too,
         # with Airflow's own children it started after the snapshot above (Airflow 2's scheduler can
         # launch its DagFileProcessorManager while stopping): orphaned now, of this home, not forklift's.
@@ -299,6 +315,34 @@ class AirflowStack:
             with contextlib.suppress(psutil.NoSuchProcess):
                 p.kill()
         return code
+
+    def _release_airflows_own_idle_workers(self, comp: _Component) -> None:
+        """SIGKILL the idle workers of Airflow's *own* LocalExecutor under a component that is stopping.
+
+        Airflow's ``LocalExecutor.end()`` sends one poison pill per worker it sees alive and then waits
+        for each without a bound. Now and then (1 in ~10 stops under load, seen on 3.2 and 3.4) one of
+        its workers is left idle in ``SimpleQueue.get()`` with no pill to read, and the scheduler
+        never exits, so forklift's ``end()``, which the scheduler calls after it, never runs either.
+        An idle worker holds no task: killing it is what Airflow's own "signal again" does, without
+        also skipping the executors that end after it. forklift's processes are not touched.
+        """
+        idle = []
+        with contextlib.suppress(psutil.Error):
+            for child in psutil.Process(comp.proc.pid).children():
+                with contextlib.suppress(psutil.Error):
+                    title = " ".join(child.cmdline())
+                    if _is_airflows_own_idle_worker(title):
+                        idle.append(child)
+        if not idle:
+            return
+        with open(comp.log_path, "a") as log:
+            log.write(
+                f"\n--- {comp.name} still running {AIRFLOW_OWN_IDLE_GRACE:.0f} s after SIGTERM; killing the idle "
+                f"workers of Airflow's own LocalExecutor it waits on: {sorted(p.pid for p in idle)} ---\n"
+            )
+        for proc in idle:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
 
     def _orphans_since(self, leader: subprocess.Popen[bytes]) -> list[psutil.Process]:
         """Processes of this home, re-parented to init, started since ``leader`` was, not forklift's."""
@@ -315,13 +359,17 @@ class AirflowStack:
         return found
 
     def _dump_stacks(self, comp: _Component) -> None:
-        """Append the stuck process's Python stacks (py-spy, when installed) to its log."""
+        """Append the stuck process's Python stacks and its children's (py-spy, when installed) to its log.
+
+        The children matter: a scheduler stuck in an executor's ``end()`` waits on a worker, and only
+        the worker's stack says why.
+        """
         py_spy = Path(self.python).parent / "py-spy"
         if not py_spy.exists():
             return
         try:
             dump = subprocess.run(
-                [str(py_spy), "dump", "--pid", str(comp.proc.pid)],
+                [str(py_spy), "dump", "--subprocesses", "--pid", str(comp.proc.pid)],
                 check=False,
                 capture_output=True,
                 text=True,
@@ -584,6 +632,15 @@ def _airflows_own_descendants(pid: int) -> list[psutil.Process]:
                 own.append(child)
                 own.extend(child.children(recursive=True))
     return own
+
+
+def _is_airflows_own_idle_worker(title: str) -> bool:
+    """Airflow 3's ``airflow worker -- LocalExecutor[ [team]]: <idle>``; Airflow 2's bare
+    ``airflow worker -- LocalExecutor`` (its busy title names the command)."""
+    title = title.strip()
+    if FORKLIFT_TITLE in title or not title.startswith("airflow worker -- LocalExecutor"):
+        return False
+    return title.endswith(": <idle>") or title == "airflow worker -- LocalExecutor"
 
 
 def _group_members(pgid: int) -> list[psutil.Process]:
