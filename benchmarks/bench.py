@@ -108,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
+    if report.pyplot() is None:
+        print("bench: matplotlib is not installed (make bench installs requirements/bench.txt): tables only, no charts")
     parallelisms = [int(p) for p in args.parallelism.split(",") if p.strip()]
     dags = [d.strip() for d in args.dags.split(",") if d.strip()]
     extra_env = parse_env(args.forklift_env)

@@ -26,6 +26,18 @@ METRICS = (
 )
 
 
+def pyplot() -> Any:
+    """matplotlib's pyplot (headless), or None where it is not installed (``make bench`` installs it)."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Median and min–max of each metric per (config, DAG), in the order configs first appear."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
@@ -246,10 +258,9 @@ def scale_chart(result: dict[str, Any], path: Path) -> bool:
     summary = result.get("scale_summary") or []
     if not summary:
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
+    if plt is None:
+        return False
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for executor in dict.fromkeys(r["executor"] for r in summary):
@@ -283,10 +294,9 @@ def chart(result: dict[str, Any], path: Path) -> bool:
     summary = result["summary"]
     if not summary:
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
+    if plt is None:
+        return False
 
     dags = sorted({r["dag"] for r in summary})
     configs = list(dict.fromkeys(r["config"] for r in summary))
