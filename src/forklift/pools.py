@@ -373,9 +373,13 @@ class QueuedPool:
                 self._tasks.put((dispatch.seq, dispatch.job))
 
     def ask_workers_to_stop(self) -> None:
-        for worker in self._pool.values():
-            if worker.is_alive():
-                self._tasks.put(None)
+        # Count first, then send. Any worker takes any stop message, so one that takes a message sent
+        # for an earlier worker can exit before the loop reaches it: counted as it went, its own
+        # message would never be sent, and the last worker would wait for one until end()'s timeout.
+        # (Airflow's own LocalExecutor.end() loses a message so, and waits on that worker forever.)
+        alive = sum(1 for worker in self._pool.values() if worker.is_alive())
+        for _ in range(alive):
+            self._tasks.put(None)
 
     def ready_budget(self, horizon: float) -> int:
         """See :meth:`forklift.ledger.Ledger.ready_budget`: at most ``prefetch``, judged on ``size`` workers."""

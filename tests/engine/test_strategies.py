@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import multiprocessing.connection
 import os
 import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -20,6 +23,27 @@ from helpers import descendants, wait_for_results, wait_for_running
 from support import wait_for_path, wait_for_title
 
 PY = sys.executable
+
+
+class _LeavingBetweenStopMessages:
+    """A pool's task queue on which each stop message is taken, and its worker gone, before the next
+    is sent: the widest form of the race between sending stop messages and workers leaving."""
+
+    def __init__(self, queue: Any, workers: list[Any]) -> None:
+        self._queue = queue
+        self._workers = workers
+
+    def put(self, item: Any) -> None:
+        alive = [w for w in self._workers if w.is_alive()]
+        self._queue.put(item)
+        if item is None and alive:
+            ready = multiprocessing.connection.wait([w.sentinel for w in alive], timeout=10)
+            for worker in alive:
+                if worker.sentinel in ready:
+                    worker.join(timeout=10)  # its exit status too, not only its closed pipes
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._queue, name)
 
 
 def fork_job(key: str, func, *args, **kw) -> Job:
@@ -233,6 +257,36 @@ class TestShutdown:
             # and the grandchild it started.
             assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids)
             assert descendants() - before == set()
+
+    def test_every_worker_gets_its_stop_message_when_workers_leave_while_they_are_sent(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Any worker takes any stop message. One that takes a message sent for an earlier worker, and
+        is gone before the sending reaches it, must not cost the pool a message: the last worker would
+        wait for one until end()'s timeout and be killed then (Airflow's own LocalExecutor.end() loses
+        a message this way, and waits on that worker for ever)."""
+        s = LimitedParallelism(4, EngineOptions(kill_grace=1.0))
+        s.start()
+        workers = list(s.pool.workers())
+        # One job first: the worker that ran it queues for work again behind the three others. Put it
+        # first in the pool's order, so the first stop message goes out while it is checked and is taken
+        # by one of the others, which are checked after it.
+        for worker in workers:
+            wait_for_title(worker.pid, "forklift: <idle>")
+        s.submit(fork_job("first", jobfns.ok))
+        first = wait_for_results(s, {"first"})["first"]
+        assert first.state == SUCCESS
+        wait_for_title(first.worker_pid, "forklift: <idle>")
+        pool = s.pool._pool
+        s.pool._pool = {
+            first.worker_pid: pool[first.worker_pid],
+            **{p: w for p, w in pool.items() if p != first.worker_pid},
+        }
+        s.pool.task_queue = _LeavingBetweenStopMessages(s.pool.task_queue, workers)
+        with caplog.at_level(logging.WARNING, logger="forklift"):
+            s.end(timeout=5)
+        # Had a worker waited in vain, end() would have stopped it at the timeout, and said so.
+        assert "still running" not in caplog.text, caplog.text
 
     def test_terminate_reports_unfinished_work(self, strategy: Strategy, tmp_path: Path) -> None:
         pidfile = tmp_path / "pids"
