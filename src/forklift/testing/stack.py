@@ -319,10 +319,12 @@ class AirflowStack:
     def _release_airflows_own_idle_workers(self, comp: _Component) -> None:
         """SIGKILL the idle workers of Airflow's *own* LocalExecutor under a component that is stopping.
 
-        Airflow's ``LocalExecutor.end()`` sends one poison pill per worker it sees alive and then waits
-        for each without a bound. Now and then (1 in ~10 stops under load, seen on 3.2 and 3.4) one of
-        its workers is left idle in ``SimpleQueue.get()`` with no pill to read, and the scheduler
-        never exits, so forklift's ``end()``, which the scheduler calls after it, never runs either.
+        Airflow's ``LocalExecutor.end()`` checks each worker's ``is_alive()`` as it sends the poison pills,
+        then waits for each without a bound. Any worker takes any pill, so one that takes a pill sent for
+        an earlier worker and exits before the loop reaches it is skipped, and one worker is left idle
+        in ``SimpleQueue.get()`` with no pill to read (2 in 25 stops under load, on 3.2 and 3.4; see
+        docs/reliability.md). The scheduler then never exits, so forklift's ``end()``, which the
+        scheduler calls after it, never runs either.
         An idle worker holds no task: killing it is what Airflow's own "signal again" does, without
         also skipping the executors that end after it. forklift's processes are not touched.
         """
