@@ -101,12 +101,17 @@ class AirflowLine(ABC):
         """
         from airflow import settings
 
-        for engine in (
-            getattr(settings, "engine", None),
-            getattr(getattr(settings, "async_engine", None), "sync_engine", None),
-        ):
-            if engine is not None:
-                engine.dispose(close=False)
+        engines = [
+            engine
+            for engine in (
+                getattr(settings, "engine", None),
+                getattr(getattr(settings, "async_engine", None), "sync_engine", None),
+            )
+            if engine is not None
+        ]
+        detach_inherited_db_sockets(engines)  # first: a connection collected later writes to /dev/null
+        for engine in engines:
+            engine.dispose(close=False)
 
     # -- dispatch bookkeeping -----------------------------------------------------------------
     @abstractmethod
@@ -116,6 +121,54 @@ class AirflowLine(ABC):
     def task_key(self, executor: Any, ti: Any) -> Any:
         """The key a task instance has in the executor's ``running`` set and events."""
         return ti.key
+
+
+#: Ports a network DB listens on when its URL names none.
+_DEFAULT_DB_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
+
+
+def detach_inherited_db_sockets(engines: list[Any]) -> list[int]:
+    """In a process just forked from the scheduler: let go of its copies of the scheduler's DB sockets.
+
+    A forked worker holds a copy of every socket the scheduler had open. If the scheduler dies
+    inside a transaction (SIGKILL, OOM), the DB server sees its connection close only when the last
+    copy closes, so the transaction and its row locks would live as long as forklift's workers, which
+    outlive a scheduler by design; the next scheduler then waits on those locks (112 s, once, in a
+    test of a SIGKILLed 2.11 scheduler). Each copy's descriptor is pointed at ``/dev/null`` rather
+    than closed: the connection objects that still name it write their goodbye there when they are
+    collected, never to whatever file would reuse the number. The scheduler's own sockets are not
+    touched. TCP only: a DB reached through a Unix socket keeps today's behaviour. Returns the
+    descriptors detached.
+    """
+    import psutil
+
+    ports = set()
+    for engine in engines:
+        url = engine.url
+        default = _DEFAULT_DB_PORTS.get(url.get_backend_name())
+        if default is not None and url.host and not url.host.startswith("/"):
+            ports.add(url.port or default)
+    if not ports:
+        return []
+    detached = []
+    try:
+        me = psutil.Process()
+        # psutil 6 renamed connections() (which pyproject's psutil>=5.9 still allows).
+        conns = (me.net_connections if hasattr(me, "net_connections") else me.connections)(kind="tcp")
+    except (psutil.Error, OSError):
+        return []
+    devnull = os.open(os.devnull, os.O_RDWR)
+    try:
+        for conn in conns:
+            if conn.fd >= 0 and conn.raddr and conn.raddr.port in ports:
+                try:
+                    os.dup2(devnull, conn.fd)
+                except OSError:
+                    continue
+                detached.append(conn.fd)
+    finally:
+        os.close(devnull)
+    return detached
 
 
 def import_modules(modules: tuple[str, ...], warn: tuple[str, ...] = ()) -> list[str]:
