@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import queue
 import signal
-from multiprocessing.managers import SyncManager
+from multiprocessing.managers import BaseProxy, SyncManager
 from typing import Any, cast
 
 from forklift.jobs import Message, WorkQueue
@@ -54,11 +54,91 @@ class _DrainableQueue(queue.Queue):  # type: ignore[type-arg]
         return items
 
 
+class _InStepConnection:
+    """A proxy's connection to the Manager that knows whether its last round trip was completed."""
+
+    __slots__ = ("_conn", "in_step")
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+        self.in_step = True
+
+    def send(self, obj: Any) -> None:
+        self.in_step = False
+        self._conn.send(obj)
+
+    def recv(self) -> Any:
+        obj = self._conn.recv()
+        self.in_step = True
+        return obj
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+class _QueueProxy(BaseProxy):
+    """The proxy to a :class:`_DrainableQueue`, kept in step with the Manager across interruptions.
+
+    A proxy call is a request and a reply on one connection (shared by every proxy to the same
+    Manager in the thread). An exception raised between the two, usually a signal handler's, such as
+    the scheduler's ``SystemExit`` on SIGTERM, leaves the reply unread, and the stock proxy reads it
+    as the *next* call's reply: ``end()`` got ``queue.Empty`` back from a ``put()`` and never stopped
+    the workers. A connection left out of step is dropped and the next call opens a new one; the
+    reply it held is lost (a drain's results then come back as the workers' records or as failures).
+    """
+
+    _exposed_ = ("put", "put_nowait", "get", "get_nowait", "qsize", "empty", "full", "drain", "remove")
+
+    def _connect(self) -> None:
+        super()._connect()  # type: ignore[misc]
+        tls = self._tls  # type: ignore[attr-defined]
+        tls.connection = _InStepConnection(tls.connection)
+
+    def _callmethod(self, methodname: str, args: tuple[Any, ...] = (), kwds: dict[Any, Any] | None = None) -> Any:
+        tls = self._tls  # type: ignore[attr-defined]
+        conn = getattr(tls, "connection", None)
+        if isinstance(conn, _InStepConnection) and not conn.in_step:
+            del tls.connection
+            try:
+                conn.close()
+            except OSError:  # pragma: no cover - nothing to close on a broken connection
+                pass
+            log.debug("forklift: a Manager round trip was interrupted; its connection is replaced.")
+        return super()._callmethod(methodname, args, kwds or {})
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        self._callmethod("put", (item, block, timeout))
+
+    def put_nowait(self, item: Any) -> None:
+        self._callmethod("put_nowait", (item,))
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        return self._callmethod("get", (block, timeout))
+
+    def get_nowait(self) -> Any:
+        return self._callmethod("get_nowait")
+
+    def qsize(self) -> int:
+        return cast(int, self._callmethod("qsize"))
+
+    def empty(self) -> bool:
+        return cast(bool, self._callmethod("empty"))
+
+    def full(self) -> bool:
+        return cast(bool, self._callmethod("full"))
+
+    def drain(self, limit: int) -> list[Any]:
+        return cast("list[Any]", self._callmethod("drain", (limit,)))
+
+    def remove(self, seq: int) -> bool:
+        return cast(bool, self._callmethod("remove", (seq,)))
+
+
 class _Manager(SyncManager):
     """``multiprocessing.Manager()``'s SyncManager, whose ``Queue()`` can also be drained at once."""
 
 
-_Manager.register("Queue", _DrainableQueue)
+_Manager.register("Queue", _DrainableQueue, _QueueProxy)
 
 
 def _manager_init() -> None:

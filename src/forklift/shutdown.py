@@ -40,14 +40,32 @@ def _logging_files() -> frozenset[str]:
     return frozenset(os.path.realpath(f) for f in files)
 
 
-def inside_log_write(frame: FrameType | None, files: frozenset[str] | None = None) -> bool:
-    """Whether the interrupted thread (``frame`` and its callers) is in the middle of writing a log record."""
-    files = _logging_files() if files is None else files
+def _round_trip_files() -> frozenset[str]:
+    import multiprocessing.connection
+    import multiprocessing.managers
+
+    return frozenset(os.path.realpath(m.__file__ or "") for m in (multiprocessing.connection, multiprocessing.managers))
+
+
+def _inside(frame: FrameType | None, files: frozenset[str]) -> bool:
     while frame is not None:
         if os.path.realpath(frame.f_code.co_filename) in files:
             return True
         frame = frame.f_back
     return False
+
+
+def inside_log_write(frame: FrameType | None, files: frozenset[str] | None = None) -> bool:
+    """Whether the interrupted thread (``frame`` and its callers) is in the middle of writing a log record."""
+    return _inside(frame, _logging_files() if files is None else files)
+
+
+def inside_round_trip(frame: FrameType | None) -> bool:
+    """Whether the interrupted thread is in the middle of a call to a ``multiprocessing`` Manager."""
+    return _inside(frame, _ROUND_TRIP_FILES)
+
+
+_ROUND_TRIP_FILES = _round_trip_files()
 
 
 class ExitSignalGuard:
@@ -63,6 +81,10 @@ class ExitSignalGuard:
     again a moment later, when the write is normally done, and the handler then runs as written.
     If the main thread is still writing after a few tries, the guard does what the handler does
     without its log line: ``sys.exit(0)``, which the scheduler's loop turns into ``end()``.
+
+    A signal that lands inside a round trip to the result queue's Manager is held back the same
+    way: raised there, ``SystemExit`` would drop the results that reply carries (the proxy then
+    starts a new connection, see ``forklift.channel``). After a few tries the handler runs anyway.
 
     The handler's ``SystemExit`` can also be lost: raised while the main thread is running a
     finalizer (``__del__``, a weakref callback), Python prints "Exception ignored" and carries on,
@@ -107,19 +129,21 @@ class ExitSignalGuard:
         if previous is None:  # pragma: no cover - uninstalled between delivery and this call
             return
         # A forked child that inherited the guard (a worker, the Manager) runs the handler as is.
-        if os.getpid() == self._pid and inside_log_write(frame, self._files):
-            if self._redeliveries < _MAX_REDELIVERIES:
-                self._redeliveries += 1
-                timer = threading.Timer(_REDELIVER_AFTER, os.kill, (self._pid, signum))
-                timer.daemon = True
-                timer.start()
-                return
+        ours = os.getpid() == self._pid
+        in_log_write = ours and inside_log_write(frame, self._files)
+        if (in_log_write or (ours and inside_round_trip(frame))) and self._redeliveries < _MAX_REDELIVERIES:
+            self._redeliveries += 1
+            timer = threading.Timer(_REDELIVER_AFTER, os.kill, (self._pid, signum))
+            timer.daemon = True
+            timer.start()
+            return
+        if in_log_write:
             self._redeliveries = 0
             # No logging here: that is the deadlock. A raw write to stderr takes no lock.
             os.write(2, f"forklift: signal {signum} arrived during a log write; exiting without logging it\n".encode())
             raise SystemExit(os.EX_OK)
         self._redeliveries = 0
-        if os.getpid() == self._pid:
+        if ours:
             self._exit_requested = signum
         previous(signum, frame)
 

@@ -260,6 +260,24 @@ class Strategy:
 
         ``escalate`` is asked while waiting; once it says True the waiting stops (a second signal).
         """
+        try:
+            return self._end(timeout, escalate, leave_running=leave_running)
+        except BaseException as exc:
+            # Whatever broke the orderly end, the workers must not outlive it: the interpreter's exit
+            # joins every live worker, and a worker that never got its stop message waits forever.
+            leave = leave_running and self.records is not None
+            log.error(
+                "forklift: shutdown failed (%r); %s now.",
+                exc,
+                "leaving running tasks for the next scheduler" if leave else "stopping every task and worker",
+            )
+            if leave:
+                self._leave_running()
+            else:
+                self.terminate()
+            raise
+
+    def _end(self, timeout: float, escalate: Callable[[], bool], *, leave_running: bool) -> list[Result]:
         self._ending = True
         results = self.pool.withdraw_pending() + self._withdraw_held()
         try:

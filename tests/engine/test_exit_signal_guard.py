@@ -186,3 +186,82 @@ def test_exit_lost_in_a_finalizer_is_raised_at_the_next_heartbeat(mode: str) -> 
         assert "exit on signal 15 was lost; exiting now" in out.stderr
     else:  # the control: without the guard the process never exits on its own
         assert out.returncode == 3, out
+
+
+ROUND_TRIP = textwrap.dedent(
+    """
+    import signal, sys, threading, time
+    import forklift.shutdown as shutdown
+    from forklift.channel import ResultChannel
+
+    shutdown._MAX_REDELIVERIES = 100  # 2 s for the round trip to finish: far more than it needs here
+
+    def _exit_gracefully(signum, frame):
+        sys.exit(0)
+
+    channel = ResultChannel()
+    signal.signal(signal.SIGTERM, _exit_gracefully)
+    if sys.argv[1] == "guard":
+        shutdown.ExitSignalGuard().install()
+
+    def put_when_asked():  # a worker reporting, on its own connection to the Manager
+        # The signal must go to the main thread (the scheduler's loop), which waits for the Manager's reply.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        masked.set()
+        sys.stdin.readline()
+        channel.results.put("result")
+
+    masked = threading.Event()
+    putter = threading.Thread(target=put_when_asked, daemon=True)
+    putter.start()
+    masked.wait()
+    got = channel.drain()  # connected: from now on the main thread waits only on the get() below
+    try:
+        print("ready", flush=True)
+        got.extend(channel.drain(block_for=30))  # SIGTERM lands while this waits for the Manager's reply
+        while True:
+            time.sleep(0.01)
+    finally:
+        putter.join()
+        # Let an abandoned get() on the Manager take the result first, if there is one, so that what
+        # follows does not depend on which of the two is quicker.
+        deadline = time.monotonic() + 5
+        while channel.results.qsize() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        got.extend(channel.drain())
+        print(f"got {got}", flush=True)
+        channel.close()
+    """
+)
+
+
+def _sigterm_inside_a_round_trip(mode: str) -> str:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", ROUND_TRIP, mode],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        deadline = time.monotonic() + 30
+        while "unix_stream_read" not in main_thread_wchan(proc.pid):  # waiting for the Manager's reply
+            assert time.monotonic() < deadline, f"never waited on the Manager: {main_thread_wchan(proc.pid)!r}"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        proc.stdin.write("put\n")
+        proc.stdin.flush()
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    return out
+
+
+def test_sigterm_inside_a_manager_round_trip_waits_for_its_reply() -> None:
+    """The guard holds the signal back until the reply is read, so the result it carries is kept.
+    The control: raised inside the round trip, the reply (here, the result) is lost."""
+    assert "got ['result']" in _sigterm_inside_a_round_trip("guard")
+    assert "got []" in _sigterm_inside_a_round_trip("bare")

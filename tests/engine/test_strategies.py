@@ -288,6 +288,24 @@ class TestShutdown:
         # Had a worker waited in vain, end() would have stopped it at the timeout, and said so.
         assert "still running" not in caplog.text, caplog.text
 
+    def test_end_that_fails_still_stops_every_worker_and_task(self, fifo: Path, tmp_path: Path) -> None:
+        """An exception inside end() (the scheduler's SystemExit, a broken queue) must not leave a worker
+        waiting for a stop message it never got: the interpreter's exit would join it forever."""
+        s = LimitedParallelism(2, EngineOptions(kill_grace=1.0))
+        s.start()
+        s.submit(fork_job("running", jobfns.wait_for_gate, str(fifo), str(tmp_path / "o"), "x"))
+        wait_for_running(s, "running")
+        pids = [w.pid for w in s.pool.workers()] + [s._dispatched["running"].task_pid]
+
+        def broken() -> None:
+            raise SystemExit(0)
+
+        s.pool.ask_workers_to_stop = broken  # type: ignore[method-assign]
+        with pytest.raises(SystemExit):
+            s.end(timeout=30)
+        assert all(pids) and [pid for pid in pids if psutil.pid_exists(pid)] == []
+        assert s.channel is None  # the Manager is gone too
+
     def test_terminate_reports_unfinished_work(self, strategy: Strategy, tmp_path: Path) -> None:
         pidfile = tmp_path / "pids"
         strategy.submit(fork_job("hangs", jobfns.hang_with_child, str(pidfile)))
