@@ -44,7 +44,7 @@ import psutil
 from forklift.adoption import Adoptions
 from forklift.channel import CHANNEL_ERRORS, ResultChannel
 from forklift.handover import RecordsDir
-from forklift.jobs import RUNNING, Cause, Finished, Job, Message, Recycled, Result, WorkQueue, describe_exit
+from forklift.jobs import FAILED, RUNNING, Cause, Finished, Job, Message, Recycled, Result, WorkQueue, describe_exit
 from forklift.ledger import Ledger
 from forklift.lifeline import GroupStopper, kill_session, signal_group, signal_process
 from forklift.pools import OneProcessPerJob, Pool, QueuedPool
@@ -319,6 +319,7 @@ class Strategy:
         and each worker; then shut the manager down. Returns FAILED results for unfinished jobs."""
         self._ending = True
         results = self.pool.withdraw_pending() + self._withdraw_held()
+        stopping = set(self._dispatched)
         groups = [d.task_pid for d in self._dispatched.values() if d.task_pid] + self._stopper.take_pending()
         workers = list(self.pool.workers())
         # Workers are our children: multiprocessing reaps them. Only their descendants are
@@ -360,7 +361,7 @@ class Strategy:
         self._reap_workers()
         if self.channel is not None:
             try:
-                results.extend(r for r in self._drain() if r.state != RUNNING)
+                results.extend(self._as_stopped(r, stopping) for r in self._drain() if r.state != RUNNING)
             except Exception as exc:  # noqa: BLE001 - the manager may be gone already; nothing more to read then
                 log.debug("forklift: could not read final results: %s", exc)
         for key, dispatch in list(self._dispatched.items()):
@@ -371,6 +372,16 @@ class Strategy:
             self._forget_record(key)
         self._shutdown_manager()
         return results
+
+    @staticmethod
+    def _as_stopped(result: Result, stopping: set[Hashable]) -> Result:
+        """A failure of a job that terminate() stopped, whose worker saw it die of the signals sent there:
+        say who sent them, not "killed by SIGKILL — possibly out of memory"."""
+        if isinstance(result, Finished) and result.state == FAILED and result.key in stopping:
+            return Finished.failed(
+                result.key, Cause.STOPPED_AT_SHUTDOWN, STOPPED_AT_SHUTDOWN, result.worker_pid, result.seq
+            )
+        return result
 
     # -- state for callers and tests --------------------------------------------------------
     @property

@@ -322,9 +322,26 @@ class TestShutdown:
         results = {r.key: r for r in s.end(timeout=0.5) if r.state != RUNNING}
         assert results["waiting"].state == FAILED and "withdrawn" in results["waiting"].reason
         assert results["waiting"].cause is Cause.WITHDRAWN
-        # Stopped by the shutdown: its worker saw it die of the SIGTERM it was sent.
+        # Stopped by the shutdown, and said so (its worker only saw it die of a signal).
         assert results["running"].state == FAILED
-        assert results["running"].reason in ("killed by SIGTERM", "stopped by forklift at shutdown before it finished")
+        assert results["running"].reason == "stopped by forklift at shutdown before it finished"
+        assert results["running"].cause is Cause.STOPPED_AT_SHUTDOWN
+
+    def test_a_task_killed_at_shutdown_is_not_called_out_of_memory(self, tmp_path: Path) -> None:
+        """A task that ignores SIGTERM is SIGKILLed after kill_grace; its worker, alive, reports "killed
+        by SIGKILL — possibly out of memory". The reason must name the shutdown instead."""
+        pidfile = tmp_path / "pid"
+        s = LimitedParallelism(1, EngineOptions(kill_grace=0.5))
+        s.start()
+        s.submit(fork_job("deaf", jobfns.hang, str(pidfile), True))
+        wait_for_path(pidfile)
+        wait_for_running(s, "deaf")
+        (result,) = [r for r in s.end(timeout=0.1) if r.state != RUNNING]
+        assert (result.state, result.reason, result.cause) == (
+            FAILED,
+            "stopped by forklift at shutdown before it finished",
+            Cause.STOPPED_AT_SHUTDOWN,
+        )
 
     def test_submit_after_end_is_refused(self) -> None:
         s = LimitedParallelism(1)
