@@ -237,21 +237,29 @@ def test_sigterm_shutdown_is_bounded(stack: AirflowStack, out: Path, second_sign
     procs = forklift_processes(stack)
     # The stack's scheduler log spans every scheduler it started: count, don't just look.
     before = stack.log_tail("scheduler", chars=10**8).count("Shutting down forklift")
-    started = time.monotonic()
+    signalled = time.monotonic()
     os.kill(scheduler.pid, signal.SIGTERM)
+    # How long the scheduler takes to get from the signal to end() is Airflow's (its loop has to come
+    # round to the exit; once it took 14 s on a loaded CI machine); forklift's bound runs from end().
+    deadline = time.monotonic() + 60
+    while stack.log_tail("scheduler", chars=10**8).count("Shutting down forklift") == before:
+        assert time.monotonic() < deadline, f"the executor never began shutting down\n{stack.log_tail('scheduler')}"
+        time.sleep(0.1)
+    ending = time.monotonic()
     if second_signal:
-        deadline = time.monotonic() + 30
-        while stack.log_tail("scheduler", chars=10**8).count("Shutting down forklift") == before:
-            assert time.monotonic() < deadline, "the executor never began shutting down"
-            time.sleep(0.1)
         os.kill(scheduler.pid, signal.SIGTERM)
     try:
         code = scheduler.wait(timeout=120)
     finally:  # a scheduler that hangs must not be left to fail the tests after this one
-        took = time.monotonic() - started
+        took = time.monotonic() - ending
         stack.stop_component("scheduler")
-    print(f"\nSIGTERM{' ×2' if second_signal else ''} with a task running: scheduler exited in {took:.1f} s")
-    assert took < (15 if second_signal else 20), f"shutdown took {took:.1f} s"
+    print(
+        f"\nSIGTERM{' ×2' if second_signal else ''} with a task running: end() began {ending - signalled:.1f} s "
+        f"after the signal; the scheduler exited {took:.1f} s after that"
+    )
+    # shutdown_timeout (60 s, cut short by the second signal, or 3 s) + kill_grace for the task and again
+    # for its worker (2 s each), and slack for a loaded machine.
+    assert took < (12 if second_signal else 15), f"shutdown took {took:.1f} s\n{stack.log_tail('scheduler')}"
     assert not alive(procs), [p.cmdline() for p in alive(procs)]
     assert stack.stopped_cleanly("scheduler", code), stack.log_tail("scheduler")
 
