@@ -83,25 +83,35 @@ docs: venv
 
 # The whole suite: lint and types; the engine once (on 3.3); the adapter, unit and real-Airflow tests on
 # every full line and the smoke subset (-m smoke) on the others; the docs; then what ran, per line.
-# The lines run in two streams at once, balanced by their measured times: the suite mostly waits on
-# Airflow's own loops, so two deployments share 2 cores (one stream alone takes ~65 min there).
-# TEST_JOBS=1 runs the streams one after the other. Their output interleaves, each pytest line prefixed
-# with its Airflow line (and kept whole in build/test-reports/<line>.log).
+# The lines run in two streams at once, balanced by their measured times (A: 3.4 22 min, 2.11 16 min;
+# B: 3.3 with the engine 27 min, then 3.2, 3.1 and 2.10 5 min each, and the docs): the suite mostly
+# waits on Airflow's own loops, so two deployments share 2 cores (one stream alone takes ~80 min there).
+# Lint runs beside them, and each stream builds its later lines' environments while its first line's
+# tests run, so neither waits on pip. TEST_JOBS=1 runs everything one after the other. The output
+# interleaves, each pytest line prefixed with its Airflow line (and kept whole in build/test-reports/).
 TEST_JOBS ?= 2
-STREAM_A := test-3.4 test-2.11 smoke-2.10
-STREAM_B := test-3.3 smoke-3.2 smoke-3.1
 # The summary is printed whatever the outcome, last, so the tail of a failed CI log names what failed.
-test: lint
+test: system-deps
 	@rm -f $(REPORTS)/*.summary
 	@status=0; \
-	$(MAKE) --no-print-directory -j$(TEST_JOBS) stream-a stream-b || status=$$?; \
-	[ $$status != 0 ] || $(MAKE) --no-print-directory docs || status=$$?; \
+	$(MAKE) --no-print-directory -j$$(( $(TEST_JOBS) > 1 ? $(TEST_JOBS) + 1 : 1 )) lint stream-a stream-b || status=$$?; \
 	$(MAKE) --no-print-directory test-summary; exit $$status
 
+# $(1): the stream's first target and $(2) its line; $(3): the lines of the targets after it, $(4).
+define run_stream
+	@$(MAKE) --no-print-directory $(call venv-of,$(2))/.installed
+	@mkdir -p $(REPORTS); \
+	$(MAKE) --no-print-directory $(foreach l,$(3),$(call venv-of,$(l))/.installed) > $(REPORTS)/venvs-$(2).log 2>&1 & builds=$$!; \
+	status=0; $(MAKE) --no-print-directory $(1) || status=$$?; \
+	wait $$builds || { echo "building the environments of $(3) failed:"; tail -20 $(REPORTS)/venvs-$(2).log; exit 1; }; \
+	[ $$status = 0 ] || exit $$status; \
+	for t in $(4); do $(MAKE) --no-print-directory $$t || exit 1; done
+endef
+
 stream-a:
-	@for t in $(STREAM_A); do $(MAKE) --no-print-directory $$t || exit 1; done
+	$(call run_stream,test-3.4,3.4,2.11,test-2.11)
 stream-b:
-	@for t in $(STREAM_B); do $(MAKE) --no-print-directory $$t || exit 1; done
+	$(call run_stream,test-3.3,3.3,3.2 3.1 2.10,smoke-3.2 smoke-3.1 smoke-2.10 docs)
 
 REPORTS := build/test-reports
 line-tests = tests/adapter $(if $(call is-2,$(1)),tests/airflow2,tests/airflow3) tests/integration
@@ -110,7 +120,7 @@ line-tests = tests/adapter $(if $(call is-2,$(1)),tests/airflow2,tests/airflow3)
 define run_line
 	@mkdir -p $(REPORTS)
 	@set -o pipefail; status=0; \
-	$(call py-of,$(1)) -m pytest $(2) $(PYTEST_ARGS) 2>&1 | tee $(REPORTS)/$(1).log | sed -u 's/^/[$(1)] /' || status=$$?; \
+	$(call py-of,$(1)) -m pytest $(2) --durations=15 $(PYTEST_ARGS) 2>&1 | tee $(REPORTS)/$(1).log | sed -u 's/^/[$(1)] /' || status=$$?; \
 	{ echo "Airflow $(1) ($(3)): $$(grep -m1 -o '^apache-airflow==.*' requirements/airflow-$(1).txt)"; \
 	  grep -E '^=+ .*(passed|failed|error).* in ' $(REPORTS)/$(1).log | tail -1; \
 	  grep -E '^(FAILED|ERROR) ' $(REPORTS)/$(1).log | cut -c1-300 | sed 's/^/  /'; } > $(REPORTS)/$(1).summary; \
