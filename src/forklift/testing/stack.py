@@ -360,7 +360,11 @@ class AirflowStack:
                     found.append(proc)
         return found
 
-    def _dump_stacks(self, comp: _Component) -> None:
+    def dump_stacks(self, name: str, why: str = "is slow to stop") -> None:
+        """Append component ``name``'s Python stacks, and its children's, to its log (py-spy, when installed)."""
+        self._dump_stacks(self._components[name], why)
+
+    def _dump_stacks(self, comp: _Component, why: str = "did not stop on SIGTERM") -> None:
         """Append the stuck process's Python stacks and its children's (py-spy, when installed) to its log.
 
         The children matter: a scheduler stuck in an executor's ``end()`` waits on a worker, and only
@@ -381,7 +385,7 @@ class AirflowStack:
         except (OSError, subprocess.SubprocessError) as exc:
             text = f"py-spy dump failed: {exc}\n"
         with open(comp.log_path, "a") as log:
-            log.write(f"\n--- {comp.name} did not stop on SIGTERM; its stacks (py-spy dump) ---\n{text}")
+            log.write(f"\n--- {comp.name} {why}; its stacks (py-spy dump) ---\n{text}")
 
     def stop(self) -> None:
         for name in ("scheduler", *[n for n in self._components if n != "scheduler"]):
