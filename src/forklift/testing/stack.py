@@ -88,6 +88,10 @@ class _Component:
     descendants: list[psutil.Process] = field(default_factory=list)
 
 
+#: Seconds an Airflow process of a stack on SQLite waits for another's write lock before "database is locked".
+SQLITE_BUSY_TIMEOUT = 30.0
+
+
 class AirflowStack:
     """One isolated Airflow deployment. Use as a context manager, or call :meth:`stop`."""
 
@@ -105,7 +109,12 @@ class AirflowStack:
         self.dags_folder = Path(dags_folder)
         self.python = python
         self.api_port = free_port()
-        self.sql_alchemy_conn = sql_alchemy_conn or f"sqlite:///{self.home / 'airflow.db'}"
+        # Four Airflow processes write one SQLite file here. Python's 5 s busy timeout is too short for
+        # that on a loaded machine: the scheduler's last write of its job row once failed with "database
+        # is locked" and it exited 1. 30 s, the same for every component and both executors.
+        self.sql_alchemy_conn = (
+            sql_alchemy_conn or f"sqlite:///{self.home / 'airflow.db'}?timeout={SQLITE_BUSY_TIMEOUT:g}"
+        )
         self.log_dir = self.home / "component-logs"
         self.log_dir.mkdir(exist_ok=True)
         base_url = f"http://127.0.0.1:{self.api_port}"
@@ -422,7 +431,7 @@ class AirflowStack:
             and log.rstrip().endswith("OSError: handle is closed")
         )
 
-    def log_tail(self, name: str, chars: int = 4000) -> str:
+    def log_tail(self, name: str, chars: int = 12000) -> str:
         path = self.log_dir / f"{name}.log"
         if not path.exists():
             return ""
