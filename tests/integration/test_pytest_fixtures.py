@@ -60,8 +60,3 @@ def test_a_dag_author_tests_a_dag_in_a_real_scheduler(pytester: pytest.Pytester)
         except psutil.Error:
             continue
     assert not left, left
-
-
-def test_this_projects_dags_through_the_plugins_stack(airflow_stack) -> None:
-    """forklift's own suite uses its airflow_stack fixture as a DAG author would (forklift_dags_folder = tests/dags)."""
-    assert airflow_stack.run_dag("forklift_quick", timeout=300) == {f"noop_{i}": "success" for i in range(3)}
