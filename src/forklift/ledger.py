@@ -28,6 +28,10 @@ COUNTED = {Cause.TIMED_OUT: "timeouts", Cause.MEMORY_LIMIT: "memory_limits"}
 
 _SEQ = itertools.count(1)
 
+#: A dispatch's ``worker_pid`` when a worker of a Manager that died took it, but its RUNNING report
+#: died with that Manager: started (or about to be) by a worker the engine cannot name.
+TAKEN_UNSEEN = -1
+
 
 @dataclass
 class Dispatch:

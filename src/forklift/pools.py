@@ -18,14 +18,15 @@ import gc
 import heapq
 import itertools
 import logging
+import multiprocessing
 import time
 from collections.abc import Hashable
 from typing import Protocol
 
 from forklift.channel import CHANNEL_ERRORS, DRAIN_BATCH, ResultChannel
 from forklift.jobs import RETIRE, Cause, Finished, Job, Result, WorkQueue
-from forklift.ledger import Dispatch, Ledger
-from forklift.workers import LocalWorker, QueuedLocalWorker, WorkerOptions, _Worker
+from forklift.ledger import TAKEN_UNSEEN, Dispatch, Ledger
+from forklift.workers import IN_GET, TAKEN_SEQ, LocalWorker, QueuedLocalWorker, WorkerOptions, _Worker
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,11 @@ log = logging.getLogger(__name__)
 #: empty, was taken by a worker that died before it could say so: it is FAILED, not waited for.
 CLAIM_TIMEOUT = 60.0
 WITHDRAWN = "withdrawn: forklift was shutting down before it started"
+#: After the Manager dies: how long to wait for workers inside the dead queue's get() to fail out of it.
+GET_SETTLE = 1.0
+
+# The workers' shared cells come from the fork context: the memory must be inherited, not passed.
+_FORK = multiprocessing.get_context("fork")
 
 
 class PoolHost(Protocol):
@@ -181,6 +187,10 @@ class QueuedPool:
         self._order = itertools.count()
         self._index = itertools.count()
         self._failed_now: list[Result] = []  # failed while being handed over; reported by the next poll
+        #: Where each job not yet seen started stands in the order jobs went on the task queue: the
+        #: queue is FIFO, so a worker that took the job at position p means every job up to p was taken.
+        self._position: dict[int, int] = {}
+        self._puts = itertools.count()
 
     @property
     def _tasks(self) -> WorkQueue:
@@ -201,7 +211,10 @@ class QueuedPool:
         replacement, a shrunk pool growing): objects the child's collector never walks stay shared
         copy-on-write with the scheduler (Airflow #58365). No collect() here: a late spawn happens in
         the scheduler's heartbeat, and a full collection of its heap would stall it."""
-        worker = QueuedLocalWorker(self._tasks, self.host.results(), self.host.worker_options, index=next(self._index))
+        taken = _FORK.RawArray("q", [-1, 0])  # TAKEN_SEQ, IN_GET: shared memory, inherited by the fork
+        worker = QueuedLocalWorker(
+            self._tasks, self.host.results(), self.host.worker_options, index=next(self._index), taken=taken
+        )
         gc.freeze()  # the child keeps it frozen; the scheduler takes it back at once
         try:
             worker.start()
@@ -237,7 +250,7 @@ class QueuedPool:
             self.pending_keys.discard(job.key)
             dispatch = dispatched[job.key] = Dispatch(job)
             try:
-                self._tasks.put((dispatch.seq, job))
+                self._hand(dispatch)
             except CHANNEL_ERRORS as exc:
                 self.host.restore_channel(exc)  # re-queues this job with the others not yet started
             except Exception as exc:  # noqa: BLE001 - e.g. it cannot be pickled: that job fails, the rest go on
@@ -245,6 +258,14 @@ class QueuedPool:
                 reason = f"forklift could not hand it to a worker: {type(exc).__name__}: {exc}"
                 log.error("forklift: %s: %s", job.title or job.key, reason)
                 self._failed_now.append(Finished.failed(job.key, Cause.NOT_STARTED, reason))
+
+    def _hand(self, dispatch: Dispatch) -> None:
+        self._tasks.put((dispatch.seq, dispatch.job))
+        self._position[dispatch.seq] = next(self._puts)
+        if len(self._position) > 4 * (self.size + self.prefetch) + 64:
+            # Only jobs not yet seen started can be in doubt when a Manager dies.
+            waiting = {d.seq for d in self.host.ledger.dispatched.values() if d.worker_pid is None}
+            self._position = {seq: at for seq, at in self._position.items() if seq in waiting}
 
     def fail_unclaimed(self) -> list[Result]:
         out, self._failed_now = self._failed_now, []
@@ -366,11 +387,35 @@ class QueuedPool:
         )
 
     def reopen_queues(self) -> None:
-        # Jobs handed to the dead queue that no worker had started go to the new one.
+        # Jobs handed to the dead queue that no worker took go to the new one. One whose RUNNING report
+        # died with the Manager was taken all the same: handed again, it would start twice (on Airflow 3
+        # the second start is refused, and that refusal would fail a task whose first run goes on).
+        taken_up_to = self._taken_up_to()
+        handed, self._position = self._position, {}
         for dispatch in self.host.ledger.dispatched.values():
-            if dispatch.worker_pid is None:
-                dispatch.handed_at = time.monotonic()
-                self._tasks.put((dispatch.seq, dispatch.job))
+            if dispatch.worker_pid is not None:
+                continue
+            if handed.get(dispatch.seq, taken_up_to + 1) <= taken_up_to:
+                dispatch.worker_pid = TAKEN_UNSEEN  # settled once the old workers have left
+                continue
+            dispatch.handed_at = time.monotonic()
+            self._hand(dispatch)
+
+    def _taken_up_to(self) -> int:
+        """The furthest position on the dead queue a worker took, from the workers' shared cells."""
+        workers = list(self._pool.values())
+
+        def getting() -> list[QueuedLocalWorker]:
+            return [w for w in workers if w.taken is not None and w.taken[IN_GET] and w.is_alive()]
+
+        # A worker inside get() may be about to note what it took; on a dead Manager get() fails at once.
+        deadline = time.monotonic() + GET_SETTLE
+        while getting() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        furthest = max((self._position.get(w.taken[TAKEN_SEQ], -1) for w in workers if w.taken is not None), default=-1)
+        # Still inside get() (stopped, say): count each as having taken the next job, rather than risk
+        # starting that job twice.
+        return furthest + len(getting())
 
     def ask_workers_to_stop(self) -> None:
         # Count first, then send. Any worker takes any stop message, so one that takes a message sent

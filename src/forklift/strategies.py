@@ -45,7 +45,7 @@ from forklift.adoption import Adoptions
 from forklift.channel import CHANNEL_ERRORS, ResultChannel
 from forklift.handover import RecordsDir
 from forklift.jobs import FAILED, RUNNING, Cause, Finished, Job, Message, Recycled, Result, WorkQueue, describe_exit
-from forklift.ledger import Ledger
+from forklift.ledger import TAKEN_UNSEEN, Ledger
 from forklift.lifeline import GroupStopper, kill_session, signal_group, signal_process
 from forklift.pools import OneProcessPerJob, Pool, QueuedPool
 from forklift.workers import LocalWorker, WorkerOptions, _Worker
@@ -366,7 +366,7 @@ class Strategy:
                 log.debug("forklift: could not read final results: %s", exc)
         for key, dispatch in list(self._dispatched.items()):
             results.append(
-                Finished.failed(key, Cause.STOPPED_AT_SHUTDOWN, STOPPED_AT_SHUTDOWN, dispatch.worker_pid or 0)
+                Finished.failed(key, Cause.STOPPED_AT_SHUTDOWN, STOPPED_AT_SHUTDOWN, max(dispatch.worker_pid or 0, 0))
             )
             del self._dispatched[key]
             self._forget_record(key)
@@ -511,6 +511,31 @@ class Strategy:
             self._recycled.discard(worker.pid or 0)
             self.stale.discard(worker.pid or 0)
             _close_dead(worker)
+        if not self.stale:
+            out.extend(self._settle_taken_unseen())
+        return out
+
+    def _settle_taken_unseen(self) -> list[Result]:
+        """Jobs a worker of a dead Manager took without its RUNNING report arriving: once every such
+        worker has left, each ends as its record says (handover), or FAILED, lost with the Manager."""
+        out: list[Result] = []
+        for key, dispatch in list(self._dispatched.items()):
+            if dispatch.worker_pid != TAKEN_UNSEEN:
+                continue
+            recorded = self.records.read(key) if self.records is not None else None
+            if recorded is not None and recorded.finished:
+                out.append(
+                    Finished(key, recorded.state, recorded.reason, recorded.worker.pid, dispatch.seq, recorded.cause)
+                )
+            else:
+                reason = (
+                    "its result was lost with forklift's result-queue manager (a worker took it just before "
+                    "the manager died, and has left)"
+                )
+                log.error("forklift: %s: %s", dispatch.job.title or key, reason)
+                out.append(Finished.failed(key, Cause.LOST_WITH_MANAGER, reason, 0, dispatch.seq))
+            del self._dispatched[key]
+            self._forget_record(key)
         return out
 
     def restore_channel(self, exc: BaseException) -> None:

@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from forklift.handover import ProcessId, RecordsDir, TaskRecord, boot_id
 from forklift.jobs import FAILED, RETIRE, RUNNING, Cause, Finished, Job, Message, Recycled, Started, WorkQueue
@@ -37,6 +38,12 @@ log = logging.getLogger(__name__)
 _FORK = multiprocessing.get_context("fork")
 
 TITLE_PREFIX = "airflow worker -- forklift"
+
+#: A QueuedLocalWorker's two cells in memory it shares with its engine (a ``RawArray("q", 2)``): the
+#: seq of the last job it took from the task queue, and 1 while it waits in the queue's ``get()``. If the
+#: Manager dies with a worker's RUNNING report unread, they tell the engine the job was taken, so that
+#: it is not handed to a second worker (see QueuedPool.reopen_queues).
+TAKEN_SEQ, IN_GET = 0, 1
 
 
 @dataclass(frozen=True)
@@ -217,6 +224,10 @@ class _Worker(_FORK.Process):  # type: ignore[name-defined,misc]
                 job, lambda pid: self._started(job, seq, pid), self.options.kill_grace, self.options.oom_score_adj
             )
         except ResultChannelClosed:
+            if self._task_pgid:
+                # Its RUNNING report could not be sent, so no engine will hear how it ends: it must not
+                # run on unsupervised (the engine reports it lost with the Manager).
+                kill_session(self._task_pgid)
             raise
         except Exception as exc:  # the worker must survive anything one job does
             log.exception("forklift worker %d could not run %s", me, job.title or job.key)
@@ -267,9 +278,11 @@ class QueuedLocalWorker(_Worker):
         options: WorkerOptions = WorkerOptions(),
         *,
         index: int = 0,
+        taken: Any = None,
     ) -> None:
         super().__init__(result_queue, options, name=f"forklift-QueuedLocalWorker-{index}")
         self.task_queue = task_queue
+        self.taken = taken  # TAKEN_SEQ and IN_GET, shared with the engine; None outside a pool
         self._rss_at_start = 0.0
 
     def do_work(self) -> None:
@@ -278,17 +291,22 @@ class QueuedLocalWorker(_Worker):
         self._rss_at_start = _rss_mib() if self.options.max_rss_growth_mib else 0.0
         while True:
             set_title(f"{TITLE_PREFIX}: <idle>")
+            self._note_taken(getting=True)
             try:
                 item = self.task_queue.get()
             except (EOFError, OSError):
+                self._note_taken()
                 log.warning("forklift worker %d: the task queue is gone; stopping.", os.getpid())
                 return
-            if item is None:  # poison pill
-                return
-            if item == RETIRE:  # the pool is shrinking, and this worker was idle to take it
+            if item is None or item == RETIRE:
+                self._note_taken()
+                if item is None:  # poison pill
+                    return
+                # The pool is shrinking, and this worker was idle to take it.
                 self._report(Recycled(os.getpid(), "idle past [forklift] idle_timeout", replace=False))
                 return
             seq, job = item
+            self._note_taken(seq)
             self.execute(job, seq)
             if self._leaving:
                 return
@@ -297,6 +315,13 @@ class QueuedLocalWorker(_Worker):
             if reason:
                 self._report(Recycled(os.getpid(), reason))
                 return
+
+    def _note_taken(self, seq: int | None = None, *, getting: bool = False) -> None:
+        if self.taken is None:
+            return
+        if seq is not None:
+            self.taken[TAKEN_SEQ] = seq  # before IN_GET clears: an engine that sees 0 there sees this
+        self.taken[IN_GET] = 1 if getting else 0
 
     def _recycle_reason(self, done: int) -> str | None:
         max_tasks, max_rss_mib, growth_mib = (

@@ -43,6 +43,14 @@ def wait_for_gate(fifo: str, path: str, text: str) -> int:
     return append(path, text)
 
 
+def count_then_wait_for_gate(runs: str, fifo: str) -> int:
+    """Note each run in ``runs`` at once, then block until the test writes to ``fifo``."""
+    append(runs, "ran")
+    with open(fifo) as gate:
+        gate.read()
+    return 0
+
+
 def span(path: str, name: str, seconds: float) -> int:
     start = time.time()
     time.sleep(seconds)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from forklift.handover import RecordsDir
 from forklift.jobs import FAILED, RUNNING, SUCCESS, Cause, Command, ForkCall, Job
 from forklift.shutdown import SecondSignal
 from forklift.strategies import EngineOptions, LimitedParallelism, Strategy, UnlimitedParallelism, make_strategy
@@ -149,6 +150,35 @@ class TestDeadManager:
             assert got["running"].cause is Cause.LOST_WITH_MANAGER
             assert got["waiting"].state == SUCCESS  # ran on a fresh worker
             assert len(s.worker_pids()) == 1
+        finally:
+            s.terminate()
+
+    @pytest.mark.parametrize("handover", [False, True], ids=["no-records", "records"])
+    def test_a_job_taken_as_the_manager_died_runs_once(self, tmp_path: Path, fifo: Path, handover: bool) -> None:
+        """The worker took the job and started it, but its RUNNING report was still unread in the Manager
+        when it died: handed to the new queue as if never taken, it would start a second time."""
+        runs = tmp_path / "runs"
+        records = RecordsDir(tmp_path / "records").ensure() if handover else None
+        s = LimitedParallelism(1, EngineOptions(kill_grace=1, records=records))
+        s.start()
+        try:
+            s.submit(job("taken", jobfns.count_then_wait_for_gate, str(runs), str(fifo)))
+            s.submit(job("waiting", jobfns.ok))
+            wait_for_path(runs)  # started, and never polled: its RUNNING report is not read
+            old_manager = s.manager_pid
+            assert old_manager is not None
+            os.kill(old_manager, signal.SIGKILL)
+            wait_gone([old_manager])
+            early = {r.key: r for r in s.poll() if r.state != RUNNING}
+            assert s.counters["channel_restarts"] == 1
+            open_gate(fifo)
+            got = {**early, **wait_for_results(s, {"taken", "waiting"} - set(early))}
+            assert runs.read_text().splitlines() == ["ran"], "the job started twice"
+            if handover:  # its worker saw it through and wrote down how it ended
+                assert got["taken"].state == SUCCESS, got["taken"]
+            else:  # nobody could report it: its worker stopped it and left
+                assert got["taken"].state == FAILED and got["taken"].cause is Cause.LOST_WITH_MANAGER, got["taken"]
+            assert got["waiting"].state == SUCCESS  # never taken: it ran once, on a fresh worker
         finally:
             s.terminate()
 
