@@ -195,12 +195,17 @@ def test_hard_timeout_from_outside(stack: AirflowStack, out: Path) -> None:
         print(f"\nexecution_timeout 2 s + grace 8 s: FAILED {time.monotonic() - started:.1f} s after the task started")
         # Airflow 2's own supervisor may mark the task failed a moment before its process is gone.
         assert_gone(record["pid"])
+        if stack.major >= 3:
+            # Airflow 2's own task supervisor may get there first; on Airflow 3 only forklift can. The
+            # Task SDK supervisor writes FAILED to the DB as its task dies, before the scheduler's next
+            # sync() reads forklift's report of why: wait for that, rather than stop the scheduler first.
+            deadline = time.monotonic() + 30
+            while "timed out: still running 10 s after it started" not in stack.log_tail("scheduler", chars=10**7):
+                assert time.monotonic() < deadline, stack.log_tail("scheduler")
+                time.sleep(0.2)
     finally:
         code = stack.stop_component("scheduler")
         assert stack.stopped_cleanly("scheduler", code), stack.log_tail("scheduler")
-    if stack.major >= 3:
-        # Airflow 2's own task supervisor may get there first; on Airflow 3 only forklift can.
-        assert "timed out: still running 10 s after it started" in stack.log_tail("scheduler", chars=10**7)
 
 
 def test_scheduler_sigkill_with_orphan_timeout_0_leaves_no_forklift_process(stack: AirflowStack, out: Path) -> None:
